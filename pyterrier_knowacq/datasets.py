@@ -52,7 +52,8 @@ def open_text(path: Path) -> io.TextIOBase:
 def _read_lines(path: Path) -> List[str]:
     try:
         with open_text(path) as f:
-            return f.read().splitlines()
+            # split on '\n' only: raw MS MARCO text holds characters (\x85, \u2028) that str.splitlines breaks on
+            return [line.rstrip('\r') for line in f.read().split('\n')]
     except UnicodeDecodeError as e:
         raise KnowacqError(f'{path} is not valid UTF-8 ({e}); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)') from e
 
