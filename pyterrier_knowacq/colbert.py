@@ -1,0 +1,422 @@
+"""ColBERTv2-compatible late-interaction model and its PyTerrier re-ranker.
+
+The model reproduces ColBERTv2's encoding (stanford-futuredata/ColBERT, ``colbert/modeling``): a BERT encoder plus a
+bias-free linear projection to ``dim`` (128) dimensions; ``[unused0]`` / ``[unused1]`` markers after ``[CLS]`` for
+queries / documents; queries padded with ``[MASK]`` to ``query_maxlen`` (32) whose positions are not attended to but
+are kept as query vectors; documents truncated to ``doc_maxlen`` (180) with punctuation tokens skipped; L2-normalised
+token vectors; the score is MaxSim summed over query tokens.
+
+A checkpoint folder has the official layout: ``config.json`` (BERT config), ``model.safetensors`` (or
+``pytorch_model.bin``) with ``bert.*`` and ``linear.weight``, the tokenizer files and ``artifact.metadata`` (JSON with
+``query_maxlen``, ``doc_maxlen``, ``dim``, ``mask_punctuation``, ``similarity``, ...). ``colbert-ir/colbertv2.0``
+loads where the hub is reachable; offline, build one from a local backbone with :meth:`ColBERTModel.new`.
+
+Example::
+
+    from pyterrier_knowacq.colbert import ColBERT
+    colbert = ColBERT('path/to/colbert-checkpoint', batch_size=32)
+    pipeline = bm25 >> dataset.text_loader() >> colbert
+"""
+from __future__ import annotations
+
+import json
+import string
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pyterrier_alpha as pta
+
+from ._util import KnowacqError, atomic_directory, atomic_write_json
+
+__all__ = ['ColBERTModel', 'ColBERT', 'maxsim', 'maxsim_matrix', 'DEFAULT_CONFIG', 'BACKENDS']
+
+#: ColBERTv2 defaults (colbert/infra/config/settings.py); ``artifact.metadata`` overrides them.
+DEFAULT_CONFIG = {'query_maxlen': 32, 'doc_maxlen': 180, 'dim': 128, 'mask_punctuation': True, 'similarity': 'cosine',
+                  'query_token_id': '[unused0]', 'doc_token_id': '[unused1]', 'attend_to_mask_tokens': False}
+_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _read_state_dict(folder: Path) -> Dict:
+    torch = _torch()
+    if (folder / 'model.safetensors').exists():
+        from safetensors.torch import load_file
+        return load_file(str(folder / 'model.safetensors'))
+    if (folder / 'pytorch_model.bin').exists():
+        return torch.load(str(folder / 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+    raise KnowacqError(f'{folder} holds no model.safetensors or pytorch_model.bin, so it is not a ColBERT checkpoint; '
+                       'point to a folder written by ColBERTModel.save() or a ColBERTv2 checkpoint folder')
+
+
+def _checkpoint_folder(name: Union[str, Path]) -> Path:
+    """A local folder for a checkpoint name (local folder, packaged alias or hub id such as colbert-ir/colbertv2.0)."""
+    from .backbones import resolve_model
+    path = Path(str(name)).expanduser()
+    if path.is_dir():
+        return path
+    resolved = resolve_model(str(name))
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(resolved))
+    except Exception as e:  # network errors, missing repos
+        raise KnowacqError(f'could not download ColBERT checkpoint {name!r} ({e}); use a local checkpoint folder') from e
+
+
+class ColBERTModel(_torch().nn.Module):
+    """A BERT encoder with a bias-free projection to ``dim`` dims, encoding queries and documents as ColBERTv2 does.
+
+    ``encode_queries`` / ``encode_docs`` keep gradients (for training); wrap them in ``torch.inference_mode()`` to score.
+    """
+
+    def __init__(self, encoder, tokenizer, config: Optional[Dict] = None, linear=None, name: Optional[str] = None):
+        super().__init__()
+        torch = _torch()
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self.bert = encoder
+        self.tokenizer = tokenizer
+        hidden = encoder.config.hidden_size
+        self.linear = linear if linear is not None else torch.nn.Linear(hidden, int(self.config['dim']), bias=False)
+        if self.linear.in_features != hidden:
+            raise KnowacqError(f'projection expects {self.linear.in_features} inputs but the encoder has {hidden} dims; '
+                               'the checkpoint folder mixes two models')
+        self.config['dim'] = self.linear.out_features
+        self.name = name
+        vocab = tokenizer.get_vocab()
+        for key in ('query_token_id', 'doc_token_id'):
+            if self.config[key] not in vocab:
+                raise KnowacqError(f'marker token {self.config[key]!r} ({key}) is not in the tokenizer vocabulary; '
+                                   'ColBERT needs a BERT-style vocabulary with [unused0]/[unused1]')
+        if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None:
+            raise KnowacqError('the tokenizer has no [MASK] or [CLS] token; ColBERT needs a BERT-style tokenizer')
+        self.q_marker = tokenizer.convert_tokens_to_ids(self.config['query_token_id'])
+        self.d_marker = tokenizer.convert_tokens_to_ids(self.config['doc_token_id'])
+        self.skiplist = set()
+        if self.config['mask_punctuation']:
+            for symbol in string.punctuation:
+                ids = tokenizer.encode(symbol, add_special_tokens=False)
+                if ids:
+                    self.skiplist.add(ids[0])
+        self._skip_tensor = torch.tensor(sorted(self.skiplist) or [-1], dtype=torch.long)
+        self._warned_truncation = False
+
+    # ---------------------------------------------------------------- construction and IO
+    @classmethod
+    def new(cls, backbone: str, *, dim: int = 128, seed: int = 0, **config) -> 'ColBERTModel':
+        """A fresh ColBERT from any BERT-style backbone name (e.g. ``minilm-l6``) with a seeded random projection."""
+        from .backbones import load_encoder
+        torch = _torch()
+        encoder, tokenizer = load_encoder(backbone)
+        gen = torch.Generator().manual_seed(int(seed))
+        linear = torch.nn.Linear(encoder.config.hidden_size, int(dim), bias=False)
+        with torch.no_grad():
+            bound = 1.0 / np.sqrt(encoder.config.hidden_size)
+            linear.weight.copy_(torch.rand(linear.weight.shape, generator=gen) * 2 * bound - bound)
+        return cls(encoder, tokenizer, {**config, 'dim': int(dim)}, linear=linear, name=str(backbone))
+
+    @classmethod
+    def from_pretrained(cls, name: Union[str, Path], **overrides) -> 'ColBERTModel':
+        """Load a ColBERTv2 checkpoint folder or hub id; ``overrides`` replace ``artifact.metadata`` values (e.g. doc_maxlen)."""
+        torch = _torch()
+        folder = _checkpoint_folder(name)
+        if not (folder / 'config.json').exists() or not any((folder / f).exists() for f in _WEIGHT_FILES):
+            raise KnowacqError(f'{folder} is not a ColBERT checkpoint (needs config.json and model.safetensors or '
+                               'pytorch_model.bin with bert.* and linear.weight); point to a ColBERTv2 checkpoint folder')
+        state = _read_state_dict(folder)
+        if 'linear.weight' not in state:
+            raise KnowacqError(f'{folder} holds a model without a ColBERT projection (no linear.weight), so it is not a '
+                               'ColBERT checkpoint; build one with ColBERTModel.new(backbone) and save() it')
+        config = {}
+        if (folder / 'artifact.metadata').exists():
+            try:
+                meta = json.loads((folder / 'artifact.metadata').read_text())
+            except json.JSONDecodeError as e:
+                raise KnowacqError(f'{folder}/artifact.metadata is not valid JSON ({e}); restore it from the checkpoint') from e
+            config = {k: meta[k] for k in DEFAULT_CONFIG if k in meta}
+        config.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(config) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise KnowacqError(f'unknown ColBERT settings {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}')
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        hf_config = AutoConfig.from_pretrained(str(folder))
+        encoder = AutoModel.from_config(hf_config, dtype=torch.float32)
+        prefix = encoder.base_model_prefix + '.'
+        enc_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, _ = encoder.load_state_dict(enc_state, strict=False)
+        missing = [k for k in missing if not k.startswith('pooler.') and not k.endswith('position_ids')]
+        if missing:
+            raise KnowacqError(f'{folder} lacks encoder weights {missing[:3]}...; the checkpoint is incomplete or not '
+                               f'a {hf_config.model_type} ColBERT')
+        weight = state['linear.weight'].float()
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return cls(encoder.eval(), tokenizer, config, linear=linear, name=str(name)).eval()
+
+    def save(self, folder: Union[str, Path], overwrite: bool = True) -> Path:
+        """Write the checkpoint in the ColBERTv2 layout (safetensors ``bert.*`` + ``linear.weight``), atomically."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        prefix = self.bert.base_model_prefix
+        tensors = {f'{prefix}.{k}': v.detach().float().contiguous().clone() for k, v in self.bert.state_dict().items()}
+        tensors['linear.weight'] = self.linear.weight.detach().float().contiguous().clone()
+        with atomic_directory(folder, overwrite=overwrite) as tmp:
+            save_file(tensors, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
+            hf_config = self.bert.config.to_dict()
+            hf_config['architectures'] = ['HF_ColBERT']
+            atomic_write_json(tmp / 'config.json', hf_config)
+            self.tokenizer.save_pretrained(str(tmp))
+            atomic_write_json(tmp / 'artifact.metadata', {**self.config, 'checkpoint': self.name})
+            atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.name})
+        return folder
+
+    # ---------------------------------------------------------------- tokenisation
+    def tokenize_queries(self, queries: Sequence[str]):
+        """``(input_ids, attention_mask)`` [B, query_maxlen]: ``[CLS] [Q] text [SEP] [MASK]...`` as ColBERTv2 builds them."""
+        torch = _torch()
+        qlen = int(self.config['query_maxlen'])
+        enc = self.tokenizer(['. ' + q for q in queries], padding='max_length', truncation=True, max_length=qlen,
+                             return_tensors='pt', return_token_type_ids=False)
+        ids, mask = enc['input_ids'], enc['attention_mask']
+        ids[:, 1] = self.q_marker
+        ids[ids == self.tokenizer.pad_token_id] = self.tokenizer.mask_token_id
+        if self.config['attend_to_mask_tokens']:
+            mask = torch.ones_like(mask)
+        return ids, mask
+
+    def doc_token_ids(self, docs: Sequence[str]) -> List[List[int]]:
+        """Token ids of each document, ``[CLS] [D] text [SEP]``, truncated to ``doc_maxlen`` (warns once)."""
+        dlen = int(self.config['doc_maxlen'])
+        out = self.tokenizer(['. ' + d for d in docs], add_special_tokens=True, truncation=False, verbose=False)['input_ids']
+        truncated = 0
+        for i, ids in enumerate(out):
+            if len(ids) > dlen:
+                out[i] = ids[:dlen - 1] + [ids[-1]]
+                truncated += 1
+            out[i][1] = self.d_marker
+        if truncated and not self._warned_truncation:
+            self._warned_truncation = True
+            warnings.warn(f'{truncated} document(s) in this batch are longer than doc_maxlen={dlen} tokens and were '
+                          'truncated (as ColBERT does); raise doc_maxlen to keep more text. Later truncations are not reported.',
+                          stacklevel=2)
+        return out
+
+    def pad_docs(self, token_ids: Sequence[Sequence[int]]):
+        """``(input_ids, attention_mask)`` padded to the longest document of the batch."""
+        torch = _torch()
+        width = max(len(t) for t in token_ids)
+        ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+        for i, t in enumerate(token_ids):
+            ids[i, :len(t)] = torch.as_tensor(t, dtype=torch.long)
+            mask[i, :len(t)] = 1
+        return ids, mask
+
+    def tokenize_docs(self, docs: Sequence[str]):
+        return self.pad_docs(self.doc_token_ids(docs))
+
+    # ---------------------------------------------------------------- encoding
+    def _project(self, ids, mask):
+        torch = _torch()
+        hidden = self.bert(input_ids=ids, attention_mask=mask)[0]
+        return torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
+
+    def encode_queries(self, ids, mask):
+        """Query token vectors [B, query_maxlen, dim] (every position, [MASK] augmentation included)."""
+        return self._project(ids, mask)
+
+    def encode_docs(self, ids, mask):
+        """``(D [B, L, dim], keep [B, L] bool)``: vectors of padding and punctuation positions are zero and not kept."""
+        torch = _torch()
+        keep = mask.bool() & ~torch.isin(ids, self._skip_tensor.to(ids.device))
+        D = self._project(ids, mask) * keep.unsqueeze(2)
+        return D, keep
+
+
+def maxsim(Q, D, keep):
+    """Score pairs: ``Q`` [B, Lq, d], ``D`` [B, Ld, d], ``keep`` [B, Ld] -> [B] (max over kept doc tokens, summed over Q)."""
+    sim = Q @ D.transpose(1, 2)
+    sim = sim.masked_fill(~keep.unsqueeze(1), -9999.0)
+    return sim.max(dim=2).values.sum(dim=1)
+
+
+def maxsim_matrix(Q, D, keep):
+    """Every query against every document: ``Q`` [Bq, Lq, d], ``D`` [Bd, Ld, d] -> [Bq, Bd] (for in-batch negatives)."""
+    sim = Q.unsqueeze(1) @ D.transpose(1, 2).unsqueeze(0)          # [Bq, Bd, Lq, Ld]
+    sim = sim.masked_fill(~keep[None, :, None, :], -9999.0)
+    return sim.max(dim=3).values.sum(dim=2)
+
+
+BACKENDS = ('native', 'pylate', 'pyterrier_colbert')
+
+
+def _device(device):
+    torch = _torch()
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+class ColBERT(pt.Transformer):
+    """Re-ranks candidates by ColBERT MaxSim, with no index (input: qid, query, docno, text -> adds score, rank).
+
+    Documents are tokenised once, sorted by length and encoded in batches; each query is encoded once. fp32 on CPU,
+    half precision only on a GPU.
+
+    Example::
+
+        colbert = ColBERT('path/to/colbert-checkpoint')        # or ColBERT(ColBERTModel.new('minilm-l6'))
+        pipeline = bm25 % 100 >> dataset.text_loader() >> colbert >> cross_encoder
+
+    Args:
+        model: a checkpoint folder, hub id (``colbert-ir/colbertv2.0``) or a :class:`ColBERTModel`.
+        batch_size: documents per forward pass.
+        query_maxlen / doc_maxlen: override the checkpoint's lengths (the study uses doc_maxlen=300).
+        device: ``cpu`` / ``cuda``; default: cuda when available.
+        backend: ``native`` (this module), ``pylate`` or ``pyterrier_colbert`` (used only when importable).
+        text_field: the column holding the document text.
+    """
+
+    def __init__(self, model: Union[str, Path, ColBERTModel] = 'colbert-ir/colbertv2.0', *, batch_size: int = 32,
+                 query_maxlen: Optional[int] = None, doc_maxlen: Optional[int] = None, device: Optional[str] = None,
+                 backend: str = 'native', text_field: str = 'text', verbose: bool = False):
+        if backend not in BACKENDS:
+            raise KnowacqError(f'unknown ColBERT backend {backend!r}; use one of {BACKENDS}')
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise KnowacqError(f'batch_size must be a positive integer, got {batch_size!r}')
+        for key, val in (('query_maxlen', query_maxlen), ('doc_maxlen', doc_maxlen)):
+            if val is not None and (not isinstance(val, int) or val < 4 or val > 512):
+                raise KnowacqError(f'{key} must be an integer in [4, 512], got {val!r}')
+        self.batch_size, self.backend, self.text_field, self.verbose = batch_size, backend, text_field, verbose
+        self.device = _device(device)
+        self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
+        self._adapter = None
+        if isinstance(model, ColBERTModel):
+            self.model, self.checkpoint = model, None
+            for key, val in (('query_maxlen', query_maxlen), ('doc_maxlen', doc_maxlen)):
+                if val is not None:
+                    model.config[key] = val
+        else:
+            self.checkpoint = str(model)
+            if backend == 'native':
+                self.model = ColBERTModel.from_pretrained(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+            else:
+                self.model = None
+                self._adapter = _load_adapter(backend, self.checkpoint, self)
+        if self.model is not None:
+            self.model.eval().to(self.device)
+            if self.device.type == 'cuda':
+                self.model.half()
+        elif self._adapter is None:
+            raise KnowacqError(f'backend {backend!r} needs a checkpoint name, not an in-memory ColBERTModel')
+
+    def __repr__(self):
+        return f'ColBERT({self.checkpoint or self.model.name!r}, backend={self.backend!r})'
+
+    def _key(self):
+        return (self.checkpoint if self.checkpoint is not None else id(self.model), self.batch_size, self.query_maxlen,
+                self.doc_maxlen, self.backend, self.text_field, str(self.device))
+
+    def __eq__(self, other):
+        return isinstance(other, ColBERT) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """MaxSim score of each (query, text) pair, as float32."""
+        if len(queries) != len(texts):
+            raise KnowacqError(f'score_pairs got {len(queries)} queries but {len(texts)} texts; pass one of each per pair')
+        if self._adapter is not None:
+            return np.asarray(self._adapter(list(queries), list(texts)), dtype=np.float32)
+        torch = _torch()
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not len(texts):
+            return out
+        uniq, q_index = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
+        m = self.model
+        with torch.inference_mode():
+            qs = []
+            for i in range(0, len(uniq), 128):
+                ids, mask = m.tokenize_queries(list(uniq[i:i + 128]))
+                qs.append(m.encode_queries(ids.to(self.device), mask.to(self.device)))
+            Q = torch.cat(qs)
+            toks = m.doc_token_ids(list(texts))
+            order = np.argsort([-len(t) for t in toks], kind='stable')
+            batches = range(0, len(order), self.batch_size)
+            for start in pt.tqdm(batches, desc='ColBERT', unit='batch', disable=not self.verbose):
+                sel = order[start:start + self.batch_size]
+                ids, mask = m.pad_docs([toks[j] for j in sel])
+                D, keep = m.encode_docs(ids.to(self.device), mask.to(self.device))
+                scores = maxsim(Q[torch.as_tensor(q_index[sel], device=self.device)], D, keep)
+                out[sel] = scores.float().cpu().numpy()
+        return out
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.columns(inp, includes=['qid', 'query', 'docno', self.text_field])
+        if not len(inp):
+            return inp.assign(score=pd.Series(dtype='float64'), rank=pd.Series(dtype='int64'))
+        texts = inp[self.text_field]
+        if texts.isna().any():
+            raise KnowacqError(f'{int(texts.isna().sum())} rows have no {self.text_field!r}; add the text with '
+                               'dataset.text_loader() before ColBERT')
+        res = inp.assign(score=self.score_pairs(inp['query'].astype(str).tolist(), texts.astype(str).tolist()).astype('float64'))
+        return pt.model.add_ranks(res)
+
+
+def _load_adapter(backend: str, checkpoint: str, owner: 'ColBERT'):
+    """A ``score(queries, texts) -> scores`` function backed by an optional peer library."""
+    if backend == 'pylate':
+        try:
+            from pylate import models
+        except ImportError:
+            raise KnowacqError("backend='pylate' needs pylate: pip install --no-deps pylate (see ECOSYSTEM.md), "
+                               "or use backend='native'") from None
+        kwargs = {k: v for k, v in (('query_length', owner.query_maxlen), ('document_length', owner.doc_maxlen)) if v}
+        model = models.ColBERT(model_name_or_path=str(_checkpoint_folder(checkpoint)), device=str(owner.device), **kwargs)
+
+        def score(queries, texts):
+            torch = _torch()
+            qv = model.encode(queries, is_query=True, batch_size=owner.batch_size, convert_to_tensor=False)
+            dv = model.encode(texts, is_query=False, batch_size=owner.batch_size, convert_to_tensor=False)
+            return [float(torch.einsum('qh,dh->qd', torch.as_tensor(q), torch.as_tensor(d)).max(1).values.sum())
+                    for q, d in zip(qv, dv)]
+        return score
+    try:
+        from pyterrier_colbert.ranking import ColBERTModelOnlyFactory
+    except ImportError:
+        raise KnowacqError("backend='pyterrier_colbert' needs pyterrier_colbert (pip install "
+                           "git+https://github.com/terrierteam/pyterrier_colbert), or use backend='native'") from None
+    scorer = ColBERTModelOnlyFactory(checkpoint).text_scorer(doc_attr=owner.text_field)
+
+    def score(queries, texts):
+        frame = pd.DataFrame({'qid': [str(i) for i in range(len(queries))], 'query': queries,
+                              'docno': [str(i) for i in range(len(texts))], owner.text_field: texts})
+        return scorer(frame).sort_values('docno', key=lambda s: s.astype(int))['score'].to_numpy()
+    return score
+
+
+def _register() -> bool:
+    """Register the ``colbert`` experiment stage (a no-op when pyterrier_knowacq.experiment is not importable)."""
+    try:
+        from .experiment import register_stage
+    except Exception:  # the experiment module is optional at import time
+        return False
+
+    @register_stage('colbert')
+    def build_colbert(ctx, model: str = 'colbert-ir/colbertv2.0', **params):
+        """``colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id."""
+        models = getattr(ctx, 'models', None) or {}
+        return ColBERT(str(models.get(model, model)), **params)
+    return True
+
+
+_register()
