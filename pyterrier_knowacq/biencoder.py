@@ -1,0 +1,200 @@
+"""Single-vector bi-encoders (BERT-style or decoder backbones, any pooling) that plug into pyterrier-dr.
+
+Query/document encoders emit pyterrier-dr's ``query_vec`` / ``doc_vec`` columns, so ``FlexIndex`` indexes and
+retrieves with them; ``.scorer()`` re-ranks a first stage.
+
+Example::
+
+    import pyterrier_dr
+    model = BiEncoder.from_pretrained('minilm-l6')          # pooling read from the sentence-transformers config
+    index = pyterrier_dr.FlexIndex('msmarco.flex')
+    index.index(model.doc_encoder()(corpus_frame))           # or: (model >> index.indexer()).index(corpus_iter)
+    retriever = model.query_encoder() >> index.retriever()
+    reranker = bm25 >> dataset.text_loader() >> model.scorer()
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pyterrier_dr
+import torch
+from torch import nn
+
+from ._batching import default_device, pad_batch, run_sorted, tokenize
+from ._util import KnowacqError, atomic_directory, atomic_write_json
+from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .pooling import get_pooling
+
+__all__ = ['BiEncoder']
+
+META = 'knowacq.json'
+
+
+def _sentence_transformers_pooling(path: Path):
+    """(pooling, normalize) declared by a sentence-transformers folder, or (None, False)."""
+    modules = path / 'modules.json'
+    if not modules.exists():
+        return None, False
+    pooling, normalize = None, False
+    for mod in json.loads(modules.read_text()):
+        if mod.get('type', '').endswith('Pooling'):
+            cfg = json.loads((path / mod['path'] / 'config.json').read_text())
+            for key, name in (('pooling_mode_cls_token', 'cls'), ('pooling_mode_mean_tokens', 'mean'),
+                              ('pooling_mode_lasttoken', 'last')):
+                if cfg.get(key):
+                    pooling = name
+        if mod.get('type', '').endswith('Normalize'):
+            normalize = True
+    return pooling, normalize
+
+
+class BiEncoder(pyterrier_dr.BiEncoder):
+    """A dense bi-encoder: one (or two, DPR-style) transformer encoders + a pooling.
+
+    Args:
+        model: the document encoder (``AutoModel``), also used for queries unless ``query_model`` is given.
+        tokenizer: its tokenizer.
+        pooling: ``cls``, ``mean`` or ``last`` (see :mod:`pyterrier_knowacq.pooling`).
+        query_model: a separate query encoder (DPR), or ``None`` for a shared encoder.
+        normalize: L2-normalise the vectors (cosine similarity through the dot product).
+        name: where the model came from (for ``repr`` and equality).
+        max_length: token limit for documents (queries: ``query_max_length``).
+        append_eos: add the EOS token to every text (decoders pooled by their last token, as RepLLaMA).
+        query_prefix, doc_prefix: strings put before queries/documents (e.g. ``"query: "``).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, pooling: str = 'cls', query_model: Optional[nn.Module] = None,
+                 normalize: bool = False, name: str = '<in-memory>', batch_size: int = 32, max_length: int = 256,
+                 query_max_length: int = 64, append_eos: Optional[bool] = None, query_prefix: str = '',
+                 doc_prefix: str = '', text_field: str = 'text', verbose: bool = False, device=None):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose)
+        decoder = is_decoder_config(model.config)
+        if pooling == 'cls' and decoder:
+            raise KnowacqError(f'pooling "cls" cannot summarise a causal decoder ({name}): its first token sees nothing '
+                               'after it; use pooling "last" or "mean"')
+        self.model = model
+        self.query_model = query_model
+        self.tokenizer = tokenizer
+        self.pooling_name = pooling
+        self.pooling = get_pooling(pooling)
+        self.normalize = normalize
+        self.name = str(name)
+        self.max_length = int(max_length)
+        self.query_max_length = int(query_max_length)
+        self.append_eos = decoder and pooling == 'last' if append_eos is None else bool(append_eos)
+        self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
+        self.device = torch.device(device) if device is not None else default_device()
+        for m in (self.model, self.query_model):
+            if m is not None:
+                m.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, name: str, pooling: Optional[str] = None, query_model: Optional[str] = None,
+                        normalize: Optional[bool] = None, **kwargs) -> 'BiEncoder':
+        """Load a folder written by :meth:`save`, a sentence-transformers folder, or any encoder name/hub id.
+
+        Without a ``knowacq.json`` or sentence-transformers config, pooling defaults to ``cls`` for encoders and
+        ``last`` for decoders.
+        """
+        from transformers import AutoModel
+        path = resolve_model(name)
+        meta_file = Path(path) / META
+        st_pool, st_norm = (None, False)
+        if meta_file.exists():
+            meta = json.loads(meta_file.read_text())
+            if meta.get('kind') != 'bi-encoder':
+                raise KnowacqError(f'{path} holds a {meta.get("kind")!r} model, not a bi-encoder; load it with the matching transformer')
+            pooling = pooling or meta['pooling']
+            normalize = meta.get('normalize', False) if normalize is None else normalize
+            for key in ('max_length', 'query_max_length', 'append_eos', 'query_prefix', 'doc_prefix'):
+                if key in meta and key not in kwargs:
+                    kwargs[key] = meta[key]
+            if meta.get('query_model') and query_model is None:
+                query_model = str(Path(path) / meta['query_model'])
+        elif Path(path).is_dir():
+            st_pool, st_norm = _sentence_transformers_pooling(Path(path))
+        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        if pooling is None:
+            pooling = st_pool or ('last' if is_decoder_config(model.config) else 'cls')
+        normalize = st_norm if normalize is None else normalize
+        qmodel = AutoModel.from_pretrained(resolve_model(query_model), dtype=torch.float32) if query_model else None
+        return cls(model, load_tokenizer(name), pooling=pooling, query_model=qmodel, normalize=normalize, name=str(name), **kwargs)
+
+    def save(self, folder) -> Path:
+        """Write the encoder(s) as safetensors with the tokenizer and ``knowacq.json``, atomically."""
+        folder = Path(folder)
+        with atomic_directory(folder, overwrite=True) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if self.query_model is not None:
+                self.query_model.save_pretrained(tmp / 'query', safe_serialization=True)
+            atomic_write_json(tmp / META, {
+                'kind': 'bi-encoder', 'pooling': self.pooling_name, 'normalize': self.normalize,
+                'query_model': 'query' if self.query_model is not None else None, 'max_length': self.max_length,
+                'query_max_length': self.query_max_length, 'append_eos': self.append_eos,
+                'query_prefix': self.query_prefix, 'doc_prefix': self.doc_prefix})
+        return folder
+
+    # -- encoding
+    def _prepare(self, texts, role):
+        prefix = self.query_prefix if role == 'query' else self.doc_prefix
+        texts = [prefix + str(t) for t in texts]
+        max_length = self.query_max_length if role == 'query' else self.max_length
+        if self.append_eos:
+            enc = tokenize(self.tokenizer, texts, max_length=max_length - 1)
+            eos = self.tokenizer.eos_token_id
+            enc['input_ids'] = [ids + [eos] for ids in enc['input_ids']]
+            enc['attention_mask'] = [m + [1] for m in enc['attention_mask']]
+            return enc
+        return tokenize(self.tokenizer, texts, max_length=max_length)
+
+    def _encoder(self, role):
+        return self.query_model if role == 'query' and self.query_model is not None else self.model
+
+    def _forward(self, batch, role):
+        encoder = self._encoder(role)
+        kwargs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
+        if 'token_type_ids' in kwargs and getattr(encoder.config, 'type_vocab_size', 0) < 1:
+            kwargs.pop('token_type_ids')
+        vec = self.pooling(encoder(**kwargs).last_hidden_state, batch['attention_mask'])
+        return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
+
+    def encode_torch(self, texts: List[str], role: str = 'doc') -> torch.Tensor:
+        """Encode one batch keeping gradients (for training)."""
+        enc = self._prepare(texts, role)
+        return self._forward(pad_batch(self.tokenizer, enc, np.arange(len(texts)), self.device), role)
+
+    def _encode(self, texts, role, batch_size=None) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            dim = self.model.config.hidden_size
+            return np.empty((0, dim), dtype=np.float32)
+        enc = self._prepare(texts, role)
+        return run_sorted(lambda b: self._forward(b, role), self.tokenizer, enc, batch_size or self.batch_size,
+                          self.device, verbose=self.verbose, desc=f'encoding {role}s', unit=role)
+
+    def encode_queries(self, texts, batch_size=None) -> np.ndarray:
+        return self._encode(texts, 'query', batch_size)
+
+    def encode_queries_torch(self, texts, batch_size=None) -> torch.Tensor:
+        return self.encode_torch(list(texts), 'query')
+
+    def encode_docs(self, texts, batch_size=None) -> np.ndarray:
+        return self._encode(texts, 'doc', batch_size)
+
+    def __repr__(self):
+        return f'BiEncoder({self.name!r}, pooling={self.pooling_name!r})'
+
+    def _key(self):
+        return (self.name, self.pooling_name, self.normalize, self.max_length, self.query_max_length, self.append_eos,
+                self.query_prefix, self.doc_prefix)
+
+    def __eq__(self, other):
+        return isinstance(other, BiEncoder) and other._key() == self._key() and \
+            (self.name != '<in-memory>' or other.model is self.model)
+
+    def __hash__(self):
+        return hash(('BiEncoder',) + self._key())

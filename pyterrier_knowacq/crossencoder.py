@@ -1,0 +1,187 @@
+"""Point-wise cross-encoder re-ranking: any sequence-classification checkpoint, or a backbone with a fresh head.
+
+Example::
+
+    from pyterrier_knowacq import CrossEncoder, get_dataset
+    ds = get_dataset('msmarco-passage')
+    ce = CrossEncoder.from_pretrained('path/to/checkpoint')
+    pipeline = ds.run_transformer('bm25') >> ds.text_loader() >> ce
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+from torch import nn
+
+from ._batching import default_device, run_sorted, tokenize
+from ._util import KnowacqError, atomic_directory, atomic_write_json
+from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .pooling import get_pooling
+
+__all__ = ['CrossEncoder', 'CrossEncoderModel']
+
+META = 'knowacq.json'
+
+
+class CrossEncoderModel(nn.Module):
+    """``forward(input_ids, attention_mask, token_type_ids=None) -> logits [B]``: one relevance score per pair.
+
+    Either a backbone (``AutoModel``) + pooling + a fresh linear head, or a loaded ``*ForSequenceClassification``
+    checkpoint (one logit: that logit; two logits: their difference, i.e. the log-odds of "relevant").
+    """
+
+    def __init__(self, backbone: nn.Module, pooling: Optional[str] = None, head: Optional[nn.Linear] = None,
+                 classifier: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.pooling_name = pooling
+        if not classifier:
+            self.pooling = get_pooling(pooling)
+            hidden = backbone.config.hidden_size
+            self.head = head if head is not None else nn.Linear(hidden, 1)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {'input_ids': input_ids, 'attention_mask': attention_mask}
+        if token_type_ids is not None and getattr(self.backbone.config, 'type_vocab_size', 0) > 1:
+            kwargs['token_type_ids'] = token_type_ids
+        if self.classifier:
+            logits = self.backbone(**kwargs).logits
+            return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return self.head(self.pooling(hidden, attention_mask)).squeeze(-1)
+
+
+class CrossEncoder(pt.Transformer):
+    """Scores (query, text) pairs with a cross-encoder and re-ranks them.
+
+    Input columns ``qid, query, docno, text``; adds ``score`` and ``rank``. Pairs are tokenised once and scored in
+    batches of similar length (dynamic padding), in fp32 on CPU.
+
+    Example::
+
+        bm25 >> dataset.text_loader() >> CrossEncoder.from_pretrained('cross-encoder/ms-marco-MiniLM-L6-v2')
+
+    Args:
+        model: a :class:`CrossEncoderModel`.
+        tokenizer: its tokenizer.
+        name: where the model came from (for ``repr`` and equality).
+        batch_size: pairs per forward pass.
+        max_length: pair length limit in tokens (the passage is truncated).
+        text_field: the column holding the passage text.
+        verbose: show a progress bar.
+    """
+
+    def __init__(self, model: CrossEncoderModel, tokenizer, name: str = '<in-memory>', batch_size: int = 32,
+                 max_length: int = 512, text_field: str = 'text', verbose: bool = False, device=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = str(name)
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self.text_field = text_field
+        self.verbose = verbose
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model.to(self.device).eval()
+
+    # -- construction
+    @classmethod
+    def new(cls, backbone: str, pooling: str = 'cls', seed: int = 0, **kwargs) -> 'CrossEncoder':
+        """A backbone with a fresh, seeded 1-logit head (the starting point of fine-tuning)."""
+        from transformers import AutoModel
+        path = resolve_model(backbone)
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+        if pooling == 'cls' and is_decoder_config(encoder.config):
+            raise KnowacqError(f'pooling "cls" cannot summarise a causal decoder ({backbone}): its first token sees '
+                               'nothing after it; use pooling "last" or "mean"')
+        generator = torch.Generator().manual_seed(seed)
+        head = nn.Linear(encoder.config.hidden_size, 1)
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02, generator=generator)
+            head.bias.zero_()
+        return cls(CrossEncoderModel(encoder, pooling, head), load_tokenizer(backbone), name=f'new:{backbone}:{pooling}', **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> 'CrossEncoder':
+        """Load a checkpoint folder written by :meth:`save`, or any ``*ForSequenceClassification`` checkpoint/hub id."""
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+        from safetensors.torch import load_file
+        path = resolve_model(name)
+        meta_file = Path(path) / META
+        if meta_file.exists():
+            meta = json.loads(meta_file.read_text())
+            if meta.get('kind') != 'cross-encoder':
+                raise KnowacqError(f'{path} holds a {meta.get("kind")!r} model, not a cross-encoder; '
+                                   'load it with the matching transformer')
+            encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+            head = nn.Linear(encoder.config.hidden_size, 1)
+            head.load_state_dict(load_file(str(Path(path) / 'head.safetensors')))
+            model = CrossEncoderModel(encoder, meta['pooling'], head)
+        else:
+            config = AutoConfig.from_pretrained(path)
+            archs = getattr(config, 'architectures', None) or []
+            if not any(a.endswith('ForSequenceClassification') for a in archs):
+                raise KnowacqError(f'{name} is not a cross-encoder checkpoint (architectures {archs}); fine-tune one, or '
+                                   f'start from CrossEncoder.new({name!r}) for a fresh head')
+            if config.num_labels not in (1, 2):
+                raise KnowacqError(f'{name} has {config.num_labels} labels; a relevance cross-encoder needs 1 or 2')
+            clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            model = CrossEncoderModel(clf, classifier=True)
+        tokenizer = load_tokenizer(name)
+        return cls(model, tokenizer, name=str(name), **kwargs)
+
+    def save(self, folder) -> Path:
+        """Write safetensors weights, the tokenizer and ``knowacq.json`` atomically; returns the folder."""
+        folder = Path(folder)
+        from safetensors.torch import save_file
+        with atomic_directory(folder, overwrite=True) as tmp:
+            if self.model.classifier:
+                self.model.backbone.save_pretrained(tmp, safe_serialization=True)
+            else:
+                self.model.backbone.save_pretrained(tmp, safe_serialization=True)
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()},
+                          str(tmp / 'head.safetensors'))
+                atomic_write_json(tmp / META, {'kind': 'cross-encoder', 'pooling': self.model.pooling_name})
+            self.tokenizer.save_pretrained(tmp)
+        return folder
+
+    # -- scoring
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        if len(queries) == 0:
+            return np.empty((0,), dtype=np.float32)
+        enc = tokenize(self.tokenizer, queries, texts, max_length=self.max_length)
+        return run_sorted(lambda b: self.model(**b), self.tokenizer, enc, self.batch_size, self.device,
+                          verbose=self.verbose, desc='cross-encoder', unit='pair')
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        import pyterrier_alpha as pta
+        pta.validate.result_frame(inp, extra_columns=['query', self.text_field])
+        if inp.empty:
+            cols = list(inp.columns) + [c for c in ('score', 'rank') if c not in inp.columns]
+            return pd.DataFrame(columns=cols)
+        scores = self.score_pairs(inp['query'].astype(str).tolist(), inp[self.text_field].astype(str).tolist())
+        out = inp.assign(score=scores.astype(np.float64))
+        return pt.model.add_ranks(out)
+
+    def __repr__(self):
+        return f'CrossEncoder({self.name!r})'
+
+    def _key(self):
+        return (self.name, self.max_length, self.text_field)
+
+    def __eq__(self, other):
+        return isinstance(other, CrossEncoder) and other._key() == self._key() and \
+            (self.name != '<in-memory>' or other.model is self.model)
+
+    def __hash__(self):
+        return hash(('CrossEncoder',) + self._key())
