@@ -1,0 +1,243 @@
+"""Integrated gradients over the feed-forward (FFN) dense layers of an encoder or decoder, with batched alpha steps.
+
+The study's scheme: for one dense layer at a time, scale its weight and bias by ``alpha`` (``steps`` values from
+``1/steps`` to 1), take the target ``F = ||pool(last hidden state)||_2``, and integrate the gradient with respect to
+the scaled weight: ``IG_ij = W_ij * mean_k dF/dW'_ij |_{W' = alpha_k W}``. A neuron's score is ``sum_j |IG_ij|`` over
+its inputs, normalised by the example's maximum over all analysed layers; it is *active* above a threshold (0.1
+for encoders, 0.01 for decoders, as in the study).
+
+Batching: scaling ``W`` and ``b`` by ``alpha`` makes the layer output ``alpha * (W x + b)``; the layer's input ``x``
+comes from upstream modules, which the scaling does not touch. So one forward runs the model on the text once up to
+the layer, a hook replaces the layer's output by ``steps`` copies scaled by each ``alpha`` (the rest of the network
+broadcasts over them), and one backward from ``sum_k F_k`` gives ``dF/dy'`` for every alpha; then
+``dF/dW' = (dF/dy')^T x``. Nothing upstream of the layer is recomputed or back-propagated, and no weight gradient is
+formed. ``method='loop'`` is the study's plain loop (edit the weights, full forward and backward per alpha), kept as
+the reference the tests compare against.
+
+Example::
+
+    from pyterrier_knowacq.analysis.attribution import IntegratedGradients
+    ig = IntegratedGradients('minilm-l6', pooling='cls')
+    res = ig.attribute(['what is a neuron', 'a neuron is a cell'])
+    res.per_layer_counts()            # DataFrame: layer, neurons, active per example, ever active, ...
+    res.share['encoder.layer.0.intermediate.dense']   # share of examples where each neuron is active
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .._util import KnowacqError
+
+__all__ = ['ffn_layers', 'IntegratedGradients', 'IGResult', 'FFN_PATTERNS']
+
+#: FFN dense layers per architecture family: BERT-style (intermediate + output) and Llama-style (gate + down)
+FFN_PATTERNS = [
+    re.compile(r'^(?:.*\.)?encoder\.layer\.(\d+)\.(intermediate\.dense|output\.dense)$'),
+    re.compile(r'^(?:.*\.)?layers\.(\d+)\.mlp\.(gate_proj|down_proj)$'),
+]
+_ORDER = {'intermediate.dense': 0, 'output.dense': 1, 'gate_proj': 0, 'down_proj': 1}
+
+
+def ffn_layers(model, layers: Optional[Sequence[int]] = None) -> List[str]:
+    """Names of the FFN dense ``nn.Linear`` modules of ``model``, in forward order (optionally only some blocks)."""
+    import torch
+    found = []
+    for name, module in model.named_modules():
+        for pat in FFN_PATTERNS:
+            m = pat.match(name)
+            if m and isinstance(module, torch.nn.Linear):
+                found.append((int(m.group(1)), _ORDER[m.group(2)], name))
+    if not found:
+        raise KnowacqError(f'no FFN dense layers found in {type(model).__name__}; integrated gradients supports BERT-style '
+                           '(encoder.layer.N.intermediate/output.dense) and Llama-style (layers.N.mlp.gate_proj/down_proj) models')
+    blocks = sorted({b for b, _, _ in found})
+    if layers is not None:
+        bad = [i for i in layers if not -len(blocks) <= int(i) < len(blocks)]
+        if bad:
+            raise KnowacqError(f'layer index {bad[0]} is out of range: the model has {len(blocks)} transformer blocks '
+                               f'(0..{len(blocks) - 1}); choose indices in that range')
+        keep = {blocks[int(i)] for i in layers}
+        found = [f for f in found if f[0] in keep]
+    return [name for _, _, name in sorted(found)]
+
+
+@dataclass
+class IGResult:
+    """Normalised neuron scores per analysed layer: ``scores[layer] -> [n_texts, neurons]`` in [0, 1]."""
+    scores: Dict[str, np.ndarray]
+    threshold: float
+
+    @property
+    def active(self) -> Dict[str, np.ndarray]:
+        return {k: v > self.threshold for k, v in self.scores.items()}
+
+    @property
+    def share(self) -> Dict[str, np.ndarray]:
+        """Per neuron, the share of examples in which it is active."""
+        return {k: a.mean(0) for k, a in self.active.items()}
+
+    def per_layer_counts(self) -> pd.DataFrame:
+        rows = []
+        for i, (name, act) in enumerate(self.active.items()):
+            rows.append({'layer': name, 'order': i, 'neurons': act.shape[1],
+                         'active_per_example': float(act.sum(1).mean()) if len(act) else 0.0,
+                         'ever_active': int(act.any(0).sum()), 'majority_active': int((act.mean(0) > 0.5).sum()),
+                         'mean_score': float(self.scores[name].mean()) if len(act) else 0.0})
+        return pd.DataFrame(rows)
+
+    def neuron_table(self) -> pd.DataFrame:
+        """Long table: layer, neuron, share of examples active, mean normalised score."""
+        frames = [pd.DataFrame({'layer': name, 'neuron': np.arange(s.shape[1]), 'share': (s > self.threshold).mean(0),
+                                'mean_score': s.mean(0)}) for name, s in self.scores.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['layer', 'neuron', 'share', 'mean_score'])
+
+
+class IntegratedGradients:
+    """Integrated gradients over FFN dense layers (see the module docstring).
+
+    Args:
+        model: a model name (alias, folder, hub id, ``random:``) or an ``(nn.Module, tokenizer)`` pair.
+        pooling: pooling of the target embedding (``cls``, ``mean``, ``last``).
+        steps: number of alpha values (``1/steps .. 1``).
+        threshold: activity threshold on normalised scores (default 0.1; 0.01 for decoders).
+        layers: block indices to analyse (default all).
+        max_length: tokens per text.
+        method: ``batched`` (default) or ``loop`` (the study's plain loop, for reference).
+    """
+
+    def __init__(self, model, pooling: str = 'cls', *, steps: int = 20, threshold: Optional[float] = None,
+                 layers: Optional[Sequence[int]] = None, max_length: int = 128, method: str = 'batched',
+                 append_eos: Optional[bool] = None):
+        from ..backbones import is_decoder_config, load_encoder
+        from .representations import check_pooling
+        if isinstance(model, tuple):
+            self.model, self.tokenizer = model
+            self.model_name = getattr(self.model, 'name_or_path', type(self.model).__name__)
+        else:
+            self.model_name = str(model)
+            self.model, self.tokenizer = load_encoder(self.model_name)
+        self.model.eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        check_pooling(pooling, self.model.config, self.model_name)
+        self.pooling = pooling
+        self.is_decoder = is_decoder_config(self.model.config)
+        self.append_eos = self.is_decoder if append_eos is None else bool(append_eos)
+        if not isinstance(steps, int) or steps < 1:
+            raise KnowacqError(f'steps must be a positive integer, got {steps!r}')
+        self.steps = steps
+        self.threshold = float(threshold if threshold is not None else (0.01 if self.is_decoder else 0.1))
+        if method not in ('batched', 'loop'):
+            raise KnowacqError(f'method must be "batched" or "loop", got {method!r}')
+        self.method = method
+        self.max_length = max_length
+        self.layer_names = ffn_layers(self.model, layers)
+        self._modules = dict(self.model.named_modules())
+
+    @property
+    def alphas(self):
+        import torch
+        return torch.arange(1, self.steps + 1, dtype=torch.float32) / self.steps
+
+    def _inputs(self, text: str):
+        import torch
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length - (1 if self.append_eos else 0))['input_ids']
+        if self.append_eos and (not ids or ids[-1] != self.tokenizer.eos_token_id):
+            ids = ids + [self.tokenizer.eos_token_id]
+        ids = torch.tensor([ids])
+        return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+
+    def _target(self, out, mask):
+        from ..pooling import get_pooling
+        hidden = out.last_hidden_state
+        mask = mask.expand(hidden.shape[0], -1)
+        return get_pooling(self.pooling)(hidden, mask).norm(dim=-1)  # [rows]
+
+    # -------------------------------------------------------------- batched
+    def _raw_batched(self, inputs, name: str) -> np.ndarray:
+        import torch
+        module = self._modules[name]
+        alphas = self.alphas
+        store = {}
+
+        def pre(mod, args):
+            store['x'] = args[0].detach()
+
+        def post(mod, args, output):
+            y = (output.detach() * alphas.view(-1, *([1] * (output.dim() - 1)))).requires_grad_(True)
+            store['y'] = y
+            return y
+        h1 = module.register_forward_pre_hook(pre)
+        h2 = module.register_forward_hook(post)
+        try:
+            with torch.enable_grad():
+                out = self.model(**inputs)
+                self._target(out, inputs['attention_mask']).sum().backward()
+        finally:
+            h1.remove()
+            h2.remove()
+        g = store['y'].grad.mean(0)           # [T, out]  mean over alphas of dF/dy'
+        x = store['x'][0]                     # [T, in]
+        ig = module.weight.detach() * (g.transpose(0, 1) @ x)   # [out, in]
+        return ig.abs().sum(1).numpy()
+
+    # -------------------------------------------------------------- loop
+    def _raw_loop(self, inputs, name: str) -> np.ndarray:
+        import torch
+        module = self._modules[name]
+        w0 = module.weight.detach().clone()
+        b0 = module.bias.detach().clone() if module.bias is not None else None
+        total = torch.zeros_like(w0)
+        try:
+            for a in self.alphas:
+                with torch.no_grad():
+                    module.weight.copy_(w0 * a)
+                    if b0 is not None:
+                        module.bias.copy_(b0 * a)
+                self.model.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    out = self.model(**inputs)
+                    self._target(out, inputs['attention_mask']).sum().backward()
+                total += module.weight.grad
+        finally:
+            with torch.no_grad():
+                module.weight.copy_(w0)
+                if b0 is not None:
+                    module.bias.copy_(b0)
+            self.model.zero_grad(set_to_none=True)
+        return (w0 * total / self.steps).abs().sum(1).numpy()
+
+    def raw_scores(self, text: str) -> Dict[str, np.ndarray]:
+        """Un-normalised neuron scores ``sum_j |IG_ij|`` of every analysed layer for one text."""
+        import torch
+        inputs = self._inputs(text)
+        grads = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        try:
+            for p in self.model.parameters():
+                p.requires_grad_(self.method == 'loop')
+            fn = self._raw_batched if self.method == 'batched' else self._raw_loop
+            return {name: fn(inputs, name) for name in self.layer_names}
+        finally:
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(grads[n])
+
+    def attribute(self, texts: Sequence[str]) -> IGResult:
+        """Normalised neuron scores (per example, divided by its maximum over all analysed layers)."""
+        per_layer = {name: [] for name in self.layer_names}
+        for text in texts:
+            raw = self.raw_scores(str(text))
+            top = max(float(v.max()) for v in raw.values())
+            for name, v in raw.items():
+                per_layer[name].append(v / top if top > 0 else np.zeros_like(v))
+        scores = {k: (np.stack(v).astype(np.float32) if v else np.zeros((0, self._modules[k].out_features), np.float32))
+                  for k, v in per_layer.items()}
+        return IGResult(scores, self.threshold)
+
+    def __repr__(self):
+        return (f'IntegratedGradients({self.model_name!r}, pooling={self.pooling!r}, steps={self.steps}, '
+                f'threshold={self.threshold}, method={self.method!r})')

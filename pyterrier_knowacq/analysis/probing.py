@@ -1,0 +1,177 @@
+"""Linear probes that ask which of N passages is the relevant one, from one layer's pooled vectors.
+
+Two probes (a registry, ``PROBES``):
+
+* ``concat`` — the study's concatenation probe: ``z = [q; p_1; ...; p_N]`` -> N logits (softmax regression). The
+  passage order is shuffled per example, so position carries no signal. It cannot compute a query-passage match
+  with a linear map; it is kept to reproduce the study.
+* ``interaction`` — scores each passage from ``q ⊙ p_i`` with one weight vector shared by all positions
+  (``s_i = w·(q ⊙ p_i) + b``), a softmax over the N scores; a linear probe that *can* see the match.
+
+Both are trained full-batch with Adam on standardised features, L2 chosen from a grid by validation accuracy,
+early stopping on validation loss (best weights restored). Every call is seeded, so the same inputs give the same
+predictions on CPU.
+
+Example::
+
+    from pyterrier_knowacq.analysis.probing import probe_layer
+    res = probe_layer('interaction', q_vecs, p_vecs, label, train_mask, val_mask, test_mask, seed=0)
+    res.accuracy, res.correct        # test accuracy and a boolean per test example
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Type
+
+import numpy as np
+
+from .._util import KnowacqError
+
+__all__ = ['Probe', 'ConcatProbe', 'InteractionProbe', 'PROBES', 'get_probe', 'probe_layer', 'ProbeResult', 'gather']
+
+
+class Probe:
+    """A probe turns ``q [E,H]`` and ``P [E,N,H]`` into features and a linear model over them."""
+    name = ''
+
+    def features(self, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def build(self, feat_dim: int, n: int):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f'{type(self).__name__}()'
+
+
+class ConcatProbe(Probe):
+    """``[q; p_1 .. p_N]`` -> N logits with one linear layer."""
+    name = 'concat'
+
+    def features(self, q, p):
+        return np.concatenate([q, p.reshape(p.shape[0], -1)], axis=1)  # [E, (N+1)H]
+
+    def build(self, feat_dim, n):
+        import torch
+        return torch.nn.Linear(feat_dim, n)
+
+
+class InteractionProbe(Probe):
+    """``s_i = w·(q ⊙ p_i) + b`` with ``w`` shared over passages."""
+    name = 'interaction'
+
+    def features(self, q, p):
+        return q[:, None, :] * p  # [E, N, H]
+
+    def build(self, feat_dim, n):
+        import torch
+
+        class Shared(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(feat_dim, 1)
+
+            def forward(self, x):  # [E, N, H] -> [E, N]
+                return self.linear(x).squeeze(-1)
+        return Shared()
+
+
+PROBES: Dict[str, Type[Probe]] = {c.name: c for c in (ConcatProbe, InteractionProbe)}
+
+
+def get_probe(name) -> Probe:
+    if isinstance(name, Probe):
+        return name
+    try:
+        return PROBES[str(name)]()
+    except KeyError:
+        raise KnowacqError(f'unknown probe {name!r}; choose one of {sorted(PROBES)}') from None
+
+
+@dataclass
+class ProbeResult:
+    probe: str
+    accuracy: float
+    correct: np.ndarray        # [test examples] bool
+    val_accuracy: float
+    l2: float
+    epochs: int
+
+
+def _fit(model, x_tr, y_tr, x_va, y_va, *, l2: float, lr: float, max_epochs: int, patience: int):
+    import torch
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    best = (float('inf'), None, 0)
+    bad = 0
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        opt.zero_grad()
+        loss = loss_fn(model(x_tr), y_tr)
+        reg = sum((w ** 2).sum() for n, w in model.named_parameters() if 'bias' not in n)
+        (loss + l2 * reg).backward()
+        opt.step()
+        with torch.no_grad():
+            v = float(loss_fn(model(x_va), y_va))
+        if v < best[0] - 1e-5:
+            best = (v, {k: t.detach().clone() for k, t in model.state_dict().items()}, epoch)
+            bad = 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    return best[2]
+
+
+def probe_layer(probe, q: np.ndarray, p: np.ndarray, label: np.ndarray, train: np.ndarray, val: np.ndarray,
+                test: np.ndarray, *, seed: int = 0, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+                lr: float = 1e-2, max_epochs: int = 300, patience: int = 20) -> ProbeResult:
+    """Train ``probe`` on the train examples of one layer and evaluate it on the test examples.
+
+    Args:
+        q: query vectors ``[E, H]``; p: passage vectors ``[E, N, H]``; label: index of the positive ``[E]``.
+        train, val, test: boolean masks over the E examples (split by query upstream).
+        l2_grid: L2 strengths tried; the one with the best validation accuracy (then loss) is kept.
+    """
+    import torch
+    probe = get_probe(probe)
+    q = np.asarray(q, dtype=np.float32)
+    p = np.asarray(p, dtype=np.float32)
+    if p.ndim != 3 or q.ndim != 2 or p.shape[0] != q.shape[0] or p.shape[2] != q.shape[1]:
+        raise KnowacqError(f'probe inputs must be q [E,H] and p [E,N,H], got {q.shape} and {p.shape}')
+    for name, m in (('train', train), ('validation', val), ('test', test)):
+        if not np.any(m):
+            raise KnowacqError(f'the probe {name} split is empty; use more queries')
+    feats = probe.features(q, p).astype(np.float32)
+    mu = feats[train].reshape(-1, feats.shape[-1]).mean(0)
+    sd = feats[train].reshape(-1, feats.shape[-1]).std(0) + 1e-6
+    feats = (feats - mu) / sd
+    x = torch.from_numpy(np.ascontiguousarray(feats))
+    y = torch.from_numpy(np.asarray(label, dtype=np.int64))
+    n = p.shape[1]
+    best = None
+    for l2 in l2_grid:
+        torch.manual_seed(seed)
+        model = probe.build(feats.shape[-1], n)
+        epochs = _fit(model, x[train], y[train], x[val], y[val], l2=l2, lr=lr, max_epochs=max_epochs, patience=patience)
+        model.eval()
+        with torch.no_grad():
+            va_logits = model(x[val])
+            va_acc = float((va_logits.argmax(-1) == y[val]).float().mean())
+            va_loss = float(torch.nn.functional.cross_entropy(va_logits, y[val]))
+        key = (va_acc, -va_loss)
+        if best is None or key > best[0]:
+            with torch.no_grad():
+                pred = model(x[test]).argmax(-1).numpy()
+            best = (key, l2, epochs, pred)
+    (va_acc, _), l2, epochs, pred = best
+    correct = pred == np.asarray(label)[test]
+    return ProbeResult(probe.name, float(correct.mean()), correct, va_acc, float(l2), int(epochs))
+
+
+def gather(states_q: np.ndarray, states_p: np.ndarray, q_idx: np.ndarray, p_idx: np.ndarray):
+    """Per-example inputs from one layer's query and passage vectors: ``q [E,H]``, ``p [E,N,H]``."""
+    return np.asarray(states_q)[q_idx], np.asarray(states_p)[p_idx]
