@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from pyterrier_knowacq._util import KnowacqError
+from pyterrier_knowacq.analysis.attribution import IntegratedGradients, ffn_layers
+from pyterrier_knowacq.backbones import load_encoder
+
+TEXTS = ['the quick brown fox jumps over the lazy dog', 'what is a neuron']
+
+
+@pytest.mark.parametrize('model,pooling', [('tiny-bert', 'mean'), ('tiny-llama', 'last')])
+def test_batched_equals_loop(model, pooling):
+    pair = load_encoder(model)
+    batched = IntegratedGradients(pair, pooling, method='batched')
+    loop = IntegratedGradients(pair, pooling, method='loop')
+    for text in TEXTS:
+        a, b = batched.raw_scores(text), loop.raw_scores(text)
+        scale = max(v.max() for v in b.values())
+        for k in a:
+            np.testing.assert_allclose(a[k] / scale, b[k] / scale, atol=1e-4)
+    ra, rb = batched.attribute(TEXTS), loop.attribute(TEXTS)
+    for k in ra.scores:
+        np.testing.assert_allclose(ra.scores[k], rb.scores[k], atol=1e-4)
+    # the loop must leave the weights as they were
+    again = loop.raw_scores(TEXTS[0])
+    np.testing.assert_allclose(again[k], loop.raw_scores(TEXTS[0])[k])
+
+
+def test_layers_found_and_summaries():
+    model, tok = load_encoder('tiny-bert')
+    assert ffn_layers(model) == ['encoder.layer.0.intermediate.dense', 'encoder.layer.0.output.dense',
+                                 'encoder.layer.1.intermediate.dense', 'encoder.layer.1.output.dense']
+    llama, _ = load_encoder('tiny-llama')
+    assert ffn_layers(llama, layers=[-1]) == ['layers.1.mlp.gate_proj', 'layers.1.mlp.down_proj']
+    ig = IntegratedGradients((model, tok), 'mean', steps=5)
+    res = ig.attribute(TEXTS)
+    assert ig.threshold == 0.1 and IntegratedGradients((llama, _), 'last', steps=2).threshold == 0.01
+    top = max(float(s.max(1).max()) for s in res.scores.values())
+    assert abs(top - 1.0) < 1e-6  # normalised by the example's maximum over the network
+    counts = res.per_layer_counts()
+    assert list(counts.neurons) == [64, 32, 64, 32]
+    assert (counts.ever_active >= counts.majority_active).all()
+    table = res.neuron_table()
+    assert len(table) == 192 and table.share.between(0, 1).all()
+
+
+def test_bad_input():
+    model, tok = load_encoder('tiny-bert')
+    with pytest.raises(KnowacqError, match='out of range'):
+        ffn_layers(model, layers=[5])
+    with pytest.raises(KnowacqError, match='causal'):
+        IntegratedGradients('tiny-llama', 'cls')
+    with pytest.raises(KnowacqError, match='method'):
+        IntegratedGradients((model, tok), 'mean', method='fast')
