@@ -1,0 +1,269 @@
+"""Reading result folders for the leaderboard, and the statistics it shows (tie groups).
+
+Reads only the files of the result folder format (``pyterrier_knowacq.results/1``, see DESIGN.md); never imports
+model code. Every problem with a folder is returned as a message that names the folder, so that the other folders
+still render.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+FORMAT = 'pyterrier_knowacq.results/1'
+ALPHA = 0.05
+SIG_SUFFIXES = (' +', ' -', ' p-value', ' reject', ' p-value corrected')
+TAG_KEYS = ('study', 'backbone', 'strategy', 'first_stage')
+# the files of a results folder that the site keeps a copy of (relative glob patterns)
+KEPT_PATTERNS = ('meta.json', 'config.yaml', 'report.json', 'report.md', 'plots/*.png', 'plots/*.svg',
+                 'tables/*.csv', '*/aggregated.csv', '*/perquery.csv', '*/topics.tsv', '*/runs/*.res.gz')
+
+
+class FolderProblem(Exception):
+    """A results folder (or one of its collections) that cannot be shown; the message names it and the fix."""
+
+
+def slugify(text: str) -> str:
+    """A file-name and URL safe id: lowercase ASCII letters, digits, ``-`` (never empty)."""
+    return re.sub(r'[^a-z0-9]+', '-', str(text).lower()).strip('-')[:60] or 'x'
+
+
+def short_hash(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()[:n]
+
+
+def kept_files(folder: Path) -> List[Path]:
+    """The files of ``folder`` that belong to the result folder format (sorted, relative)."""
+    found = set()
+    for pattern in KEPT_PATTERNS:
+        found.update(p.relative_to(folder) for p in folder.glob(pattern) if p.is_file())
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 over the names and contents of the kept files: equal for identical result folders."""
+    h = hashlib.sha256()
+    for rel in kept_files(folder):
+        h.update(rel.as_posix().encode('utf-8') + b'\0')
+        h.update(hashlib.sha256((folder / rel).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def read_meta(folder: Path) -> Dict:
+    """meta.json of ``folder``, checked; raises :class:`FolderProblem` naming the folder."""
+    if not folder.is_dir():
+        raise FolderProblem(f'results folder {folder} does not exist (or is not a folder); give a folder written '
+                            'by `knowacq run`')
+    meta_file = folder / 'meta.json'
+    if not meta_file.is_file():
+        raise FolderProblem(f'results folder {folder} has no meta.json, so it is not a complete results folder '
+                            '(an interrupted run?); re-run `knowacq run` for it')
+    try:
+        meta = json.loads(meta_file.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FolderProblem(f'{meta_file} is not valid JSON ({e}); re-run `knowacq run` for it') from e
+    if not isinstance(meta, dict):
+        raise FolderProblem(f'{meta_file} is not a JSON object; re-run `knowacq run` for it')
+    fmt = meta.get('format')
+    if fmt != FORMAT:
+        raise FolderProblem(f'results folder {folder} has format {fmt!r}, but this leaderboard reads {FORMAT!r} '
+                            '(written by an incompatible version); re-run it with this version of pyterrier_knowacq')
+    if not isinstance(meta.get('experiment'), str) or not meta['experiment']:
+        raise FolderProblem(f'{meta_file} names no experiment ("experiment" is missing); re-run `knowacq run` for it')
+    return meta
+
+
+@dataclass
+class Collection:
+    """One test collection of one experiment: pt.Experiment's frames and the collection's metadata."""
+    name: str
+    info: Dict
+    measures: List[str]
+    agg: pd.DataFrame
+    perquery: Optional[pd.DataFrame]  # columns name, qid, measure, value
+    topics: Dict[str, str]  # qid -> query text (only when the folder has <collection>/topics.tsv)
+    baseline: Optional[str]
+
+    @property
+    def key(self) -> Tuple[str, str]:
+        return (str(self.info.get('dataset') or ''), self.name)
+
+
+@dataclass
+class ExperimentData:
+    """A results folder as the site shows it."""
+    source_id: str
+    origin: str
+    folder: Path
+    meta: Dict
+    config_yaml: str
+    collections: List[Collection]
+    claims: List[Dict]
+    plots: List[str]
+    tables: List[str]
+    report_md: Optional[str]
+    problems: List[str] = field(default_factory=list)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _num(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series.replace('', np.nan), errors='coerce')
+
+
+def read_collection(folder: Path, info: Dict, meta: Dict) -> Collection:
+    name = str(info.get('name', ''))
+    if not name or '/' in name or name.startswith('.'):
+        raise FolderProblem(f'{folder}/meta.json lists a collection with a bad name {name!r}; re-run `knowacq run`')
+    agg_file = folder / name / 'aggregated.csv'
+    if not agg_file.is_file():
+        raise FolderProblem(f'{folder}: collection {name!r} has no {name}/aggregated.csv, so it is left out; '
+                            're-run `knowacq run` for this folder')
+    try:
+        agg = _read_csv(agg_file)
+    except Exception as e:  # noqa: BLE001 - any parse error is reported with the file name
+        raise FolderProblem(f'{agg_file} cannot be read as CSV ({e}); re-run `knowacq run` for it') from e
+    if 'name' not in agg.columns or agg.empty:
+        raise FolderProblem(f'{agg_file} has no "name" column or no rows; it is not pt.Experiment output')
+    declared = [str(m) for m in meta.get('measures') or []]
+    measures = [m for m in declared if m in agg.columns] or \
+        [c for c in agg.columns if c != 'name' and not c.endswith(SIG_SUFFIXES)]
+    if not measures:
+        raise FolderProblem(f'{agg_file} has no measure columns; it is not pt.Experiment output')
+    for col in agg.columns:
+        if col != 'name' and not col.endswith(' reject'):
+            agg[col] = _num(agg[col])
+    perquery = None
+    pq_file = folder / name / 'perquery.csv'
+    if pq_file.is_file():
+        try:
+            perquery = _read_csv(pq_file)
+        except Exception as e:  # noqa: BLE001
+            raise FolderProblem(f'{pq_file} cannot be read as CSV ({e}); re-run `knowacq run` for it') from e
+        missing = {'name', 'qid', 'measure', 'value'} - set(perquery.columns)
+        if missing:
+            raise FolderProblem(f'{pq_file} lacks the columns {sorted(missing)}; it is not pt.Experiment output')
+        perquery['value'] = _num(perquery['value'])
+    topics = {}
+    topics_file = folder / name / 'topics.tsv'
+    if topics_file.is_file():
+        for line in topics_file.read_text(encoding='utf-8', errors='replace').splitlines():
+            qid, _, text = line.partition('\t')
+            topics[qid] = text
+    baseline = meta.get('baseline')
+    baseline = str(baseline) if baseline is not None and str(baseline) in set(agg['name']) else None
+    return Collection(name, info, measures, agg, perquery, topics, baseline)
+
+
+def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData:
+    """Read a (kept copy of a) results folder; a broken collection becomes a problem, a broken folder raises."""
+    meta = read_meta(folder)
+    problems = []
+    infos = meta.get('collections')
+    if not isinstance(infos, list) or not infos:
+        infos = [{'name': p.parent.name} for p in sorted(folder.glob('*/aggregated.csv'))]
+    collections = []
+    for info in infos:
+        try:
+            collections.append(read_collection(folder, info if isinstance(info, dict) else {'name': str(info)}, meta))
+        except FolderProblem as e:
+            problems.append(str(e).replace(str(folder), origin))
+    claims = []
+    report = folder / 'report.json'
+    if report.is_file():
+        try:
+            data = json.loads(report.read_text(encoding='utf-8'))
+            claims = [c for c in (data.get('claims', []) if isinstance(data, dict) else data) if isinstance(c, dict)]
+        except (ValueError, UnicodeDecodeError) as e:
+            problems.append(f'{origin}/report.json is not valid JSON ({e}); its claims are left out')
+    if not collections and not claims:
+        raise FolderProblem(f'results folder {origin} has no readable collection (no <collection>/aggregated.csv) '
+                            'and no report.json; re-run `knowacq run` for it'
+                            + (' (' + '; '.join(problems) + ')' if problems else ''))
+    config_file = folder / 'config.yaml'
+    if config_file.is_file():
+        config_yaml = config_file.read_text(encoding='utf-8', errors='replace')
+    else:
+        import yaml
+        config_yaml = yaml.safe_dump(meta.get('config') or {}, sort_keys=False, allow_unicode=True)
+    plots = sorted(p.name for p in folder.glob('plots/*') if p.suffix in ('.png', '.svg') and p.is_file())
+    tables = sorted(p.name for p in folder.glob('tables/*.csv') if p.is_file())
+    report_md = (folder / 'report.md').read_text(encoding='utf-8', errors='replace') \
+        if (folder / 'report.md').is_file() else None
+    return ExperimentData(source_id, origin, folder, meta, config_yaml, collections, claims, plots, tables,
+                          report_md, problems)
+
+
+def holm(pvalues: List[float]) -> List[float]:
+    """Holm-Bonferroni adjusted p-values (statsmodels)."""
+    if not pvalues:
+        return []
+    from statsmodels.stats.multitest import multipletests
+    return [float(p) for p in multipletests(pvalues, alpha=ALPHA, method='holm')[1]]
+
+
+def paired_p(a: pd.Series, b: pd.Series) -> Tuple[float, int]:
+    """Two-sided paired t-test p-value over the queries both series share (1.0 when undefined), and their count."""
+    from scipy.stats import ttest_rel
+    joined = pd.concat([a, b], axis=1, join='inner').dropna()
+    n = len(joined)
+    if n < 2:
+        return 1.0, n
+    x, y = joined.iloc[:, 0].to_numpy(float), joined.iloc[:, 1].to_numpy(float)
+    if np.allclose(x, y):
+        return 1.0, n
+    p = float(ttest_rel(x, y).pvalue)
+    return (1.0 if math.isnan(p) else p), n
+
+
+def tie_groups(means: Dict[str, float], perquery: Dict[str, pd.Series], alpha: float = ALPHA) -> Dict[str, Dict]:
+    """Rank systems by mean, sharing ranks within tie groups.
+
+    The best remaining system leads a group; every other remaining system whose per-query values are not
+    significantly different from the leader's (two-sided paired t-test on shared queries, Holm-corrected over the
+    comparisons made against that leader, p >= alpha) joins its group and shares its rank. Repeat on the rest.
+    Rank = 1 + the number of systems in better groups. Systems without per-query values get rank None.
+
+    Returns ``{system: {'rank', 'leader', 'p', 'p_holm'}}`` (p values against the group's leader).
+    """
+    out = {s: {'rank': None, 'leader': None, 'p': None, 'p_holm': None} for s in means}
+    remaining = sorted((s for s in means if s in perquery and not math.isnan(means[s])), key=lambda s: -means[s])
+    ranked = 0
+    while remaining:
+        leader, others = remaining[0], remaining[1:]
+        raw = [paired_p(perquery[leader], perquery[o])[0] for o in others]
+        adjusted = holm(raw)
+        group = [leader] + [o for o, p in zip(others, adjusted) if p >= alpha]
+        out[leader].update(rank=ranked + 1, leader=leader)
+        for o, p, q in zip(others, raw, adjusted):
+            if q >= alpha:
+                out[o].update(rank=ranked + 1, leader=leader, p=p, p_holm=q)
+        ranked += len(group)
+        remaining = [o for o in others if o not in group]
+    return out
+
+
+def baseline_sig(row: pd.Series, measure: str, baseline_value: Optional[float]) -> Dict:
+    """The significance of one aggregated.csv cell against the experiment's baseline (from pt.Experiment's columns)."""
+    def get(suffix):
+        v = row.get(measure + suffix)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    p_corr, p = get(' p-value corrected'), get(' p-value')
+    reject = str(row.get(measure + ' reject', '')).strip().lower() in ('true', '1')
+    value = row.get(measure)
+    direction = 0
+    if reject and baseline_value is not None and value is not None and not math.isnan(value):
+        direction = 1 if value > baseline_value else -1 if value < baseline_value else 0
+    plus, minus = get(' +'), get(' -')
+    return {'p': None if p is None else float(p), 'p_corrected': None if p_corr is None else float(p_corr),
+            'reject': reject, 'direction': direction,
+            'better': None if plus is None else int(plus), 'worse': None if minus is None else int(minus)}
