@@ -1,0 +1,269 @@
+"""Bi-encoder fine-tuning with InfoNCE (in-batch + hard negatives from a first-stage run) on the shared trainer.
+
+Spec (a ``models:`` entry with ``kind: bi-encoder`` in an experiment YAML)::
+
+    kind: bi-encoder
+    backbone: minilm-l6          # any backbones.py name, incl. random:minilm-l6 (the no-pre-training control)
+    query_backbone: null         # DPR-style separate query encoder (initialised from this name, default = backbone)
+    shared: true                 # false: separate query and passage encoders (both trained)
+    pooling: cls                 # cls | mean | last (true last token, EOS appended for decoders)
+    temperature: 0.05            # InfoNCE temperature (on dot products; normalize: true -> cosine)
+    normalize: false
+    max_length: 128              # passages;  query_max_length: 32
+    queries_per_batch: 8         # in-batch negatives = the other queries' passages
+    negatives: 3                 # hard negatives per query, sampled from the run's top `depth`
+    data: {run: bm25, depth: 30, rel_threshold: 1, neg_max_label: null, per_positive: false, extra: []}
+    lr: 2.0e-5
+    steps: 100                   # or epochs
+    lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [q_proj, v_proj]}   # optional (decoders), needs peft
+
+``run: bm25`` uses the dataset's shipped BM25 run when it has one, else PISA BM25 over its corpus. The trained model
+is cached by a hash of (spec, dataset, split, seed); the returned folder loads with
+``BiEncoder.from_pretrained(folder)`` and ``FlexIndex``.
+
+Example::
+
+    folder = train_biencoder({'backbone': 'minilm-l6', 'pooling': 'mean', 'steps': 50},
+                             dataset='msmarco-passage', train_split='dl20', seed=42)
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
+
+__all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS']
+
+DENSE_KEYS = {'kind', 'backbone', 'query_backbone', 'shared', 'pooling', 'temperature', 'normalize', 'max_length',
+              'query_max_length', 'queries_per_batch', 'negatives', 'data', 'lr', 'steps', 'epochs', 'warmup',
+              'weight_decay', 'grad_accum', 'max_grad_norm', 'lora', 'checkpoint_every', 'description'}
+DATA_KEYS = {'run', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth', 'max_queries'}
+VERSION = 1
+
+
+def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise KnowacqError(f'a bi-encoder spec must be a mapping, got {type(spec).__name__}')
+    bad = set(spec) - DENSE_KEYS
+    if bad:
+        raise KnowacqError(f'unknown bi-encoder spec keys {sorted(bad)}; allowed: {sorted(DENSE_KEYS)}')
+    if not spec.get('backbone'):
+        raise KnowacqError('a bi-encoder spec needs `backbone:` (e.g. minilm-l6, random:minilm-l6, smollm2-135m)')
+    if not spec.get('steps') and not spec.get('epochs'):
+        raise KnowacqError('a bi-encoder spec needs `steps:` or `epochs:`')
+    bad = set(spec.get('data') or {}) - DATA_KEYS
+    if bad:
+        raise KnowacqError(f'unknown bi-encoder data keys {sorted(bad)}; allowed: {sorted(DATA_KEYS)}')
+    if float(spec.get('temperature', 0.05)) <= 0:
+        raise KnowacqError(f'temperature must be > 0, got {spec.get("temperature")}')
+    if spec.get('query_backbone') and spec.get('shared', True):
+        raise KnowacqError('query_backbone needs shared: false (a separate query encoder)')
+    return spec
+
+
+class DualEncoder(torch.nn.Module):
+    """The trainable module: a passage encoder and an optional separate query encoder, with pooling."""
+
+    def __init__(self, doc_model, query_model=None, pooling: str = 'cls', normalize: bool = False):
+        super().__init__()
+        from ..pooling import get_pooling
+        self.doc = doc_model
+        self.query = query_model
+        self.pool = get_pooling(pooling)
+        self.normalize = normalize
+
+    def forward(self, input_ids, attention_mask, role: str = 'doc'):
+        enc = self.query if role == 'query' and self.query is not None else self.doc
+        out = enc(input_ids=input_ids, attention_mask=attention_mask)
+        vec = self.pool(out.last_hidden_state, attention_mask)
+        return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
+
+
+class BiEncoderTask:
+    """InfoNCE over ``[B queries] x [B * (1 + negatives) passages]``: each query's positive against every other
+    passage of the batch (its hard negatives and the other queries' passages)."""
+
+    def __init__(self, bienc, groups, text_of, *, negatives: int = 3, queries_per_batch: int = 8,
+                 temperature: float = 0.05, seed: int = 42):
+        from .losses import get_loss
+        self.bienc = bienc
+        self.model = DualEncoder(bienc.model, bienc.query_model, bienc.pooling_name, bienc.normalize)
+        self.groups = list(groups)
+        if not self.groups:
+            raise KnowacqError('no training groups for the bi-encoder; check the qrels and the run')
+        self.text_of = text_of
+        self.negatives = int(negatives)
+        self.qpb = int(queries_per_batch)
+        self.loss_fn = get_loss('infonce', tau=float(temperature))
+        self.seed = seed
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> List[list]:
+        from .examples import sample_group
+        rng = random.Random(self.seed + epoch)
+        order = list(range(len(self.groups)))
+        rng.shuffle(order)
+        items = [sample_group(self.groups[i], self.negatives, rng) for i in order]
+        batches = [items[i:i + self.qpb] for i in range(0, len(items) - self.qpb + 1, self.qpb)] or [items]
+        return batches[rank::world_size]
+
+    def _encode(self, model, texts, role):
+        from .._batching import pad_batch
+        enc = self.bienc._prepare(texts, role)
+        device = next(self.bienc.model.parameters()).device
+        batch = pad_batch(self.bienc.tokenizer, enc, np.arange(len(texts)), device)
+        return model(batch['input_ids'], batch['attention_mask'], role=role)
+
+    def loss(self, model, batch):
+        queries = [query for _, query, _ in batch]
+        docnos = [d for _, _, ds in batch for d in ds]
+        q = self._encode(model, queries, 'query')
+        d = self._encode(model, [self.text_of(x) for x in docnos], 'doc')
+        scores = q @ d.T
+        k = 1 + self.negatives
+        targets = torch.arange(len(batch), device=scores.device) * k
+        loss = self.loss_fn(scores, targets)
+        with torch.no_grad():
+            acc = (scores.argmax(1) == targets).float().mean()
+        return loss, {'in_batch_acc': float(acc)}
+
+    def batch_ids(self, batch):
+        return [qid for qid, _, _ in batch]
+
+    def save(self, folder: Path) -> None:
+        bienc = self.bienc
+        model, qmodel = bienc.model, bienc.query_model
+        if hasattr(model, 'merge_and_unload'):   # LoRA: write plain merged weights
+            bienc.model = copy.deepcopy(model).merge_and_unload()
+        if qmodel is not None and hasattr(qmodel, 'merge_and_unload'):
+            bienc.query_model = copy.deepcopy(qmodel).merge_and_unload()
+        try:
+            bienc.save(folder)
+        finally:
+            bienc.model, bienc.query_model = model, qmodel
+
+
+def _dry_backbone(name: str) -> str:
+    from ..backbones import ALIASES
+    base = name[len('random:'):] if name.startswith('random:') else name
+    if base in ('tiny-bert', 'tiny-llama'):
+        return name
+    decoder = any(k in base.lower() for k in ('llama', 'smol', 'mistral', 'qwen', 'gpt'))
+    tiny = 'tiny-llama' if decoder else 'tiny-bert'
+    return f'random:{tiny}' if name.startswith('random:') or (base not in ALIASES and 'random' in base) else tiny
+
+
+def _groups(spec, dataset, split, seed):
+    from . import examples as ex
+    data = dict(spec.get('data') or {})
+    topics = dataset.get_topics(split)
+    qrels = dataset.get_qrels(split)
+    run_name = data.get('run', 'bm25')
+    depth = int(data.get('depth', 30))
+    try:
+        run = dataset.get_run(run_name, split)
+    except KnowacqError:
+        if run_name != 'bm25':
+            raise
+        from ..first_stage import PisaBM25
+        judged = topics[topics['qid'].astype(str).isin(set(qrels['qid'].astype(str)))]
+        run = PisaBM25(dataset, num_results=depth + 10)(judged[['qid', 'query']])
+    known = set(dataset._texts)
+    groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data.get('rel_threshold', 1)),
+                                   neg_max_label=data.get('neg_max_label'), per_positive=bool(data.get('per_positive', False)),
+                                   known_docnos=known)
+    for name in data.get('extra') or []:
+        groups += ex.extra_groups(name, dataset, depth=int(data.get('extra_depth', 30)), seed=seed)
+    if data.get('max_queries'):
+        rng = random.Random(seed)
+        groups = rng.sample(groups, min(len(groups), int(data['max_queries'])))
+    return groups
+
+
+def _apply_lora(model, lora: Dict[str, Any]):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise KnowacqError('lora: needs the peft package: pip install peft (or remove `lora:` to fine-tune all weights)') from None
+    cfg = LoraConfig(r=int(lora.get('r', 8)), lora_alpha=int(lora.get('alpha', 16)), lora_dropout=float(lora.get('dropout', 0.0)),
+                     target_modules=list(lora.get('target_modules', ['q_proj', 'v_proj'])), bias='none')
+    return get_peft_model(model, cfg)
+
+
+def build_biencoder(spec: Dict[str, Any], seed: int = 42):
+    """The untrained :class:`~pyterrier_knowacq.biencoder.BiEncoder` a spec starts from."""
+    from ..backbones import load_encoder, resolve_model
+    from ..biencoder import BiEncoder
+    torch.manual_seed(seed)
+    model, tok = load_encoder(spec['backbone'])
+    qmodel = None
+    if not spec.get('shared', True):
+        qmodel, _ = load_encoder(spec.get('query_backbone') or spec['backbone'])
+    pooling = spec.get('pooling', 'cls')
+    bienc = BiEncoder(model, tok, pooling=pooling, query_model=qmodel, normalize=bool(spec.get('normalize', False)),
+                      name=str(resolve_model(spec['backbone'])), max_length=int(spec.get('max_length', 128)),
+                      query_max_length=int(spec.get('query_max_length', 32)), device='cpu')
+    if spec.get('lora'):
+        bienc.model = _apply_lora(bienc.model, spec['lora'])
+        if bienc.query_model is not None:
+            bienc.query_model = _apply_lora(bienc.query_model, spec['lora'])
+    return bienc
+
+
+def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str], output_dir: Optional[Path] = None,
+                    seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
+    """Fine-tune (or fetch from the cache) the bi-encoder ``spec`` on ``dataset``'s ``train_split``; returns its folder."""
+    from ..datasets import get_dataset
+    from .trainer import TrainConfig, Trainer
+    dataset = get_dataset(dataset)
+    spec = copy.deepcopy(validate_dense_spec(dict(spec)))
+    spec.pop('kind', None)
+    if dry_run:
+        spec['backbone'] = _dry_backbone(spec['backbone'])
+        if spec.get('query_backbone'):
+            spec['query_backbone'] = _dry_backbone(spec['query_backbone'])
+        spec['steps'] = min(int(spec.get('steps') or 2), 2)
+        spec.pop('epochs', None)
+        spec['data'] = {**(spec.get('data') or {}), 'max_queries': 8, 'extra': []}
+        spec.pop('lora', None)
+    blob = json.dumps({'v': VERSION, 'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed},
+                      sort_keys=True, default=str)
+    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    final = cache_dir('models', 'trained-dense') / key
+    if not (final / 'knowacq.json').exists():
+        bienc = build_biencoder(spec, seed)
+        groups = _groups(spec, dataset, train_split, seed)
+        texts = dataset._texts
+        extra = {}
+        for g in groups:
+            extra.update(g.texts or {})
+        task = BiEncoderTask(bienc, groups, lambda d: texts[d] if d in texts else extra[d],
+                             negatives=int(spec.get('negatives', 3)), queries_per_batch=int(spec.get('queries_per_batch', 8)),
+                             temperature=float(spec.get('temperature', 0.05)), seed=seed)
+        steps = spec.get('steps')
+        cfg = TrainConfig(lr=float(spec.get('lr', 2e-5)), weight_decay=float(spec.get('weight_decay', 0.01)),
+                          warmup=float(spec.get('warmup', 0.1)), max_steps=int(steps) if steps else None,
+                          epochs=spec.get('epochs'), grad_accum=int(spec.get('grad_accum', 1)),
+                          max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed,
+                          checkpoint_every=int(spec.get('checkpoint_every', 50)), progress=verbose, log_every=5,
+                          device='cpu' if not torch.cuda.is_available() else None)
+        work = final.with_name(f'{key}.work')
+        result = Trainer(task, cfg, work).train()
+        with atomic_directory(final, overwrite=True) as tmp:
+            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
+            atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.name, 'split': train_split,
+                                                      'seed': seed, 'steps': result.steps, 'groups': len(groups),
+                                                      'history': result.history})
+        shutil.rmtree(work, ignore_errors=True)
+    if output_dir is not None:
+        info = json.loads((final / 'training.json').read_text())
+        atomic_write_json(Path(output_dir) / 'training.json', {'model': str(final), **info})
+    return final
