@@ -75,6 +75,9 @@ class CrossEncoderTask:
                  head_lr: Optional[float] = None, validator=None, loss_params: Optional[dict] = None):
         self.ce = ce
         self.model = ce.model
+        pooler = getattr(getattr(ce.model, 'backbone', None), 'pooler', None)
+        if pooler is not None and not getattr(ce.model, 'classifier', True):
+            pooler.requires_grad_(False)   # a fresh head pools hidden states itself: the BERT pooler gets no gradient
         self.loss_fn = get_loss(loss, **(loss_params or {}))
         self.items = list(items)
         if not self.items:

@@ -80,6 +80,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     device: Optional[str] = None
+    find_unused_parameters: bool = False
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
@@ -261,7 +262,8 @@ class Trainer:
         train_model = model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                              find_unused_parameters=cfg.find_unused_parameters)
 
         epoch_batches = {}
 
