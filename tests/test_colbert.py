@@ -154,3 +154,23 @@ def test_optional_backends_absent(checkpoint, monkeypatch, backend, module):
 def test_stage_registration_is_guarded():
     from pyterrier_knowacq import colbert
     assert colbert._register() in (True, False)
+
+
+def test_training_is_seeded_and_saves_a_checkpoint(tmp_path):
+    from safetensors.numpy import load_file
+    from pyterrier_knowacq.colbert_train import train_colbert, training_groups
+    groups = training_groups('msmarco-passage', 'dl20', neg_depth=20)
+    assert len(groups) > 20 and all(g['pos'] and g['neg'] for g in groups)
+    spec = {'backbone': 'tiny-bert', 'dim': 16, 'steps': 3, 'batch_queries': 2, 'negatives': 1, 'extra_train': [],
+            'neg_depth': 20, 'train_doc_maxlen': 48}
+    a = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'a', seed=1, verbose=False)
+    b = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'b', seed=1, verbose=False)
+    wa, wb = load_file(str(a / 'model.safetensors')), load_file(str(b / 'model.safetensors'))
+    fresh = ColBERTModel.new('tiny-bert', dim=16, seed=1)
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert not np.allclose(wa['linear.weight'], fresh.linear.weight.detach().numpy())
+    log = json.loads((a / 'training.json').read_text())
+    assert len(log['losses']) == 3 and log['groups_from_split'] == len(groups)
+    assert ColBERTModel.from_pretrained(a).config['doc_maxlen'] == 180
+    with pytest.raises(KnowacqError, match='unknown ColBERT training settings'):
+        train_colbert({'stepz': 3}, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'c')
