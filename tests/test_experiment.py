@@ -1,0 +1,110 @@
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+
+from pyterrier_knowacq import KnowacqError
+from pyterrier_knowacq.experiment import load_config, run_experiment
+from pyterrier_knowacq.pipeline_expr import parse_pipeline
+
+GOOD = """
+name: tiny
+dataset: msmarco-passage
+topics: [dl19]
+systems:
+  BM25: run(name=bm25)
+  BM25 >> tiny: run(name=bm25, k=5) >> text >> biencoder(model=tiny-bert, pooling=mean)
+baseline: BM25
+measures: [nDCG@10, RR(rel=2)@10]
+"""
+
+
+def _write(tmp_path, text, name='exp.yaml'):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_parse_pipeline_expressions():
+    stages = parse_pipeline('run(name=bm25, k=100) >> text >> ce(model="my model", lr=2e-5) % 10')
+    assert [s.name for s in stages] == ['run', 'text', 'ce']
+    assert stages[0].params == {'name': 'bm25', 'k': 100}
+    assert stages[2].params == {'model': 'my model', 'lr': 2e-5} and stages[2].cutoff == 10
+    with pytest.raises(KnowacqError, match='key=value'):
+        parse_pipeline('ce(minilm)')
+    with pytest.raises(KnowacqError, match='unbalanced'):
+        parse_pipeline('ce(model=x')
+
+
+def test_experiment_writes_complete_results_folder(tmp_path):
+    out = run_experiment(_write(tmp_path, GOOD), output=tmp_path / 'res', limit_topics=4)
+    meta = json.loads((out / 'meta.json').read_text())
+    assert meta['format'] == 'pyterrier_knowacq.results/1' and meta['seed'] == 42
+    assert set(meta['timings']['dl19']) == {'BM25', 'BM25 >> tiny'}
+    assert meta['versions']['torch'] and meta['collections'][0]['num_queries'] == 4
+    agg = pd.read_csv(out / 'dl19' / 'aggregated.csv')
+    assert list(agg['name']) == ['BM25', 'BM25 >> tiny'] and 'nDCG@10 p-value' in agg.columns
+    perq = pd.read_csv(out / 'dl19' / 'perquery.csv', dtype={'qid': str})
+    assert set(perq.columns) == {'name', 'qid', 'measure', 'value'} and perq['qid'].nunique() == 4
+    assert (out / 'dl19' / 'runs' / 'bm25-tiny.res.gz').exists() and (out / 'config.yaml').exists()
+    assert not list(tmp_path.glob('.res*'))  # no temporary folder left behind
+
+
+@pytest.mark.parametrize('text,match', [
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: run(name=bm25)}\ntopic: dl19\n', "unknown key 'topic'.*did you mean 'topics'"),
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: bm26}\n', "unknown stage 'bm26'.*did you mean 'bm25'"),
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: "run(nme=bm25)"}\n', "no parameter 'nme'"),
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: ce}\n', "needs the parameter 'model'"),
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: run}\nbaseline: b\n', 'baseline'),
+    ('name: x\ndataset: msmarco-passage\nsystems: {a: run}\nmeasures: [nDCG@ten]\n', 'unknown measure'),
+    ('name: x\ndataset: [unclosed\n', 'not valid YAML at line'),
+    ('- just\n- a list\n', 'YAML mapping'),
+    ('dataset: msmarco-passage\nsystems: {a: run}\n', "missing required key 'name'"),
+])
+def test_bad_config_gives_one_clear_error(tmp_path, text, match):
+    with pytest.raises(KnowacqError, match=match):
+        load_config(_write(tmp_path, text))
+
+
+def test_failures_leave_no_partial_results(tmp_path):
+    bad_model = GOOD.replace('tiny-bert', 'no-such-org/no-such-model')
+    with pytest.raises(KnowacqError, match='hub'):
+        run_experiment(_write(tmp_path, bad_model), output=tmp_path / 'res', limit_topics=2)
+    assert not (tmp_path / 'res').exists() and not [p for p in tmp_path.iterdir() if p.name.startswith('.res')]
+    wrong_topics = GOOD.replace('topics: [dl19]', 'topics: [nfcorpus]')
+    with pytest.raises(KnowacqError, match='no run|no results|no qrels|no text'):
+        run_experiment(_write(tmp_path, wrong_topics), output=tmp_path / 'res2', limit_topics=2)
+    assert not (tmp_path / 'res2').exists()
+
+
+def test_missing_file_and_existing_output(tmp_path):
+    with pytest.raises(KnowacqError, match='does not exist'):
+        load_config(tmp_path / 'nope.yaml')
+    (tmp_path / 'res').mkdir()
+    with pytest.raises(KnowacqError, match='already exists'):
+        run_experiment(_write(tmp_path, GOOD), output=tmp_path / 'res')
+
+
+def test_cli_list_and_error_exit_code(tmp_path, capsys):
+    from pyterrier_knowacq.cli import main
+    assert main(['list']) == 0
+    assert 'bm25' in capsys.readouterr().out
+    assert main(['run', str(tmp_path / 'missing.yaml')]) == 2
+    assert 'not found' in capsys.readouterr().err
+
+
+def test_shipped_experiment_files_are_valid():
+    from pathlib import Path
+    for path in sorted((Path(__file__).parents[1] / 'experiments').glob('*.yaml')):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_quickstart_minilm_beats_bm25(tmp_path):
+    from pathlib import Path
+    out = run_experiment(Path(__file__).parents[1] / 'experiments' / 'quickstart.yaml', output=tmp_path / 'qs')
+    agg = pd.read_csv(out / 'dl19' / 'aggregated.csv').set_index('name')
+    assert agg.loc['BM25', 'nDCG@10'] == pytest.approx(0.5058, abs=1e-4)
+    assert agg.loc['BM25 >> MiniLM bi-encoder', 'nDCG@10'] > 0.6
+    assert agg.loc['BM25 >> MiniLM bi-encoder', 'nDCG@10 p-value'] < 0.05
