@@ -57,6 +57,7 @@
     var form = document.getElementById('filters');
     var dataNode = document.getElementById('lb-filters');
     if (!form || !dataNode) { return; }
+    form.addEventListener('submit', function (ev) { ev.preventDefault(); });
     var choices = JSON.parse(dataNode.textContent);
     var selects = form.querySelectorAll('select[data-filter]');
     Array.prototype.forEach.call(selects, function (sel) {
