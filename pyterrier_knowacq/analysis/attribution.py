@@ -127,7 +127,7 @@ class IntegratedGradients:
         check_pooling(pooling, self.model.config, self.model_name)
         self.pooling = pooling
         self.is_decoder = is_decoder_config(self.model.config)
-        self.append_eos = self.is_decoder if append_eos is None else bool(append_eos)
+        self.append_eos = (self.is_decoder and pooling == 'last') if append_eos is None else bool(append_eos)
         if not isinstance(steps, int) or steps < 1:
             raise KnowacqError(f'steps must be a positive integer, got {steps!r}')
         self.steps = steps

@@ -78,13 +78,15 @@ class LayerEncoder:
         pooling: ``cls``, ``mean`` or ``last``; ``cls`` on a causal decoder raises :class:`KnowacqError`.
         max_length: tokens per text (longer texts are truncated).
         batch_size: texts per forward pass.
-        append_eos: append the EOS token before pooling (default: on for decoders, as RepLLaMA does).
+        append_eos: append the EOS token before pooling (default: on for decoders pooled by ``last``, as RepLLaMA).
         padding_side: ``left`` or ``right``; results do not depend on it (positions are computed from the mask).
+        tokenizer: where to load the tokenizer from when ``model`` has none (e.g. a bi-encoder's ``query/`` folder).
         cache: whether to store/load the arrays on disk (``$KNOWACQ_CACHE/representations``).
     """
 
     def __init__(self, model: str, pooling: str = 'cls', *, max_length: int = 128, batch_size: int = 32,
-                 append_eos: Optional[bool] = None, padding_side: Optional[str] = None, cache: bool = True):
+                 append_eos: Optional[bool] = None, padding_side: Optional[str] = None, cache: bool = True,
+                 tokenizer: Optional[str] = None):
         from ..backbones import is_decoder_config, load_config, model_fingerprint
         self.model_name = str(model)
         self.pooling = str(pooling).lower()
@@ -93,7 +95,8 @@ class LayerEncoder:
         self.config = load_config(self.model_name)
         check_pooling(self.pooling, self.config, self.model_name)
         self.is_decoder = is_decoder_config(self.config)
-        self.append_eos = self.is_decoder if append_eos is None else bool(append_eos)
+        self.append_eos = (self.is_decoder and self.pooling == 'last') if append_eos is None else bool(append_eos)
+        self.tokenizer_name = tokenizer
         if padding_side not in (None, 'left', 'right'):
             raise KnowacqError(f'padding_side must be "left" or "right", got {padding_side!r}')
         self.padding_side = padding_side
@@ -114,8 +117,15 @@ class LayerEncoder:
 
     def _load(self):
         if self._model is None:
-            from ..backbones import load_encoder
-            self._model, self._tokenizer = load_encoder(self.model_name)
+            from ..backbones import load_encoder, load_tokenizer
+            if self.tokenizer_name:
+                import torch
+                from transformers import AutoModel
+                from ..backbones import resolve_model
+                self._model = AutoModel.from_pretrained(resolve_model(self.model_name), dtype=torch.float32).eval()
+                self._tokenizer = load_tokenizer(self.tokenizer_name)
+            else:
+                self._model, self._tokenizer = load_encoder(self.model_name)
             if self.padding_side:
                 self._tokenizer.padding_side = self.padding_side
         return self._model, self._tokenizer

@@ -1,0 +1,106 @@
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pyterrier_knowacq._util import KnowacqError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    from pyterrier_knowacq.backbones import resolve_model
+    models = tmp_path / 'cache' / 'models'
+    models.mkdir(parents=True)
+    for name in ('tiny-bert', 'tiny-llama'):
+        os.symlink(resolve_model(name), models / name)
+    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
+    return tmp_path
+
+
+CONFIG = {
+    'n': [2, 3],
+    'probes': ['concat', 'interaction'],
+    'max_length': 32,
+    'probe': {'max_epochs': 30, 'l2_grid': [0.01]},
+    'probe_data': {'dl19': {'dataset': 'msmarco-passage', 'split': 'dl19', 'negatives': 'judged', 'rel_min': 2,
+                            'max_queries': 9, 'max_per_query': 3}},
+    'train': {'dataset': 'msmarco-passage', 'split': 'dl20'},
+    'groups': {'bert-mean': {'pooling': 'mean', 'backbone': 'tiny-bert',
+                             'compare': {'fine-tuned': {'spec': {'backbone': 'tiny-bert', 'steps': 2, 'queries_per_batch': 2,
+                                                                 'data': {'max_queries': 4, 'rel_threshold': 2}}},
+                                         'random': 'random:tiny-bert'}},
+               'llama-last': {'pooling': 'last', 'backbone': 'tiny-llama', 'layers': [0, -1]}},
+    'ig': {'groups': ['bert-mean'], 'data': 'dl19', 'texts': 2, 'steps': 3},
+}
+
+
+def test_run_analysis_writes_tables_and_plots(cache, tmp_path):
+    from pyterrier_knowacq.analysis.pipeline import run_analysis
+    out = tmp_path / 'res'
+    summary = run_analysis(CONFIG, out, seed=1, verbose=False)
+    acc = pd.read_csv(out / 'tables' / 'probe_accuracy.csv')
+    assert set(acc.model) == {'backbone', 'fine-tuned', 'random'}
+    bert = acc[acc.group == 'bert-mean']
+    assert len(bert) == 3 * 2 * 2 * 3          # models x N x probes x layers (tiny-bert: embeddings + 2 blocks)
+    assert sorted(acc[acc.group == 'llama-last'].layer.unique()) == [0, 2]
+    assert bert.accuracy.between(0, 1).all() and (bert.ci_low <= bert.accuracy).all() and (bert.accuracy <= bert.ci_high).all()
+    assert bert[bert.model == 'backbone'].p_value.isna().all()
+    assert bert[bert.model != 'backbone'].p_value.between(0, 1).all()
+    assert (bert.p_holm.fillna(1) >= bert.p_value.fillna(1) - 1e-12).all()
+    trend = pd.read_csv(out / 'tables' / 'probe_n_trend.csv')
+    assert {'acc_n2', 'acc_n3', 'p_value'} <= set(trend.columns)
+    ig = pd.read_csv(out / 'tables' / 'ig_layers.csv')
+    assert set(ig.model) == {'backbone', 'fine-tuned', 'random'} and len(ig) == 3 * 4
+    for stem in ('probe-bert-mean-dl19-concat', 'probe-llama-last-dl19-interaction', 'ig-bert-mean'):
+        assert (out / 'plots' / f'{stem}.png').stat().st_size > 1000 and (out / 'plots' / f'{stem}.svg').exists()
+    assert summary['probe_data']['dl19']['test_queries'] >= 1
+    json.dumps(summary)   # goes into meta.json
+    # same seed -> same numbers
+    again = run_analysis(CONFIG, tmp_path / 'res2', seed=1, verbose=False)
+    pd.testing.assert_frame_equal(acc, pd.read_csv(tmp_path / 'res2' / 'tables' / 'probe_accuracy.csv'))
+    assert again['last_layer_accuracy'] == summary['last_layer_accuracy']
+
+
+def test_bad_analysis_sections(cache, tmp_path):
+    from pyterrier_knowacq.analysis.pipeline import run_analysis
+    with pytest.raises(KnowacqError, match='unknown keys'):
+        run_analysis({**CONFIG, 'probez': 1}, tmp_path, seed=1)
+    with pytest.raises(KnowacqError, match='not defined'):
+        run_analysis({**CONFIG, 'groups': {'g': {'backbone': 'tiny-bert', 'data': ['nope']}}}, tmp_path, seed=1)
+    bad_layers = {**CONFIG, 'ig': None, 'groups': {'g': {'backbone': 'tiny-bert', 'pooling': 'cls', 'layers': [7]}}}
+    with pytest.raises(KnowacqError, match='out of range'):
+        run_analysis(bad_layers, tmp_path / 'x', seed=1, verbose=False)
+    with pytest.raises(KnowacqError, match='causal'):
+        run_analysis({**CONFIG, 'ig': None, 'groups': {'g': {'backbone': 'tiny-llama', 'pooling': 'cls'}}}, tmp_path / 'y', seed=1,
+                     verbose=False)
+    too_many = {**CONFIG, 'n': [2, 400]}
+    with pytest.raises(KnowacqError, match='too few negatives'):
+        run_analysis(too_many, tmp_path / 'z', seed=1, verbose=False)
+
+
+@pytest.mark.parametrize('name', ['knowacq.yaml', 'knowacq-full.yaml', 'knowacq-ci.yaml'])
+def test_shipped_experiments_parse(name):
+    from pyterrier_knowacq.analysis.pipeline import _check
+    config = yaml.safe_load((ROOT / 'experiments' / name).read_text())
+    _check(config['analysis'])
+    for spec in (config.get('models') or {}).values():
+        from pyterrier_knowacq.training.dense import validate_dense_spec
+        if spec.get('kind') == 'bi-encoder':
+            validate_dense_spec(dict(spec))
+
+
+def test_full_grid_dry_run(cache, tmp_path):
+    """knowacq-full.yaml (hub models, GPU grid) runs on CPU with tiny random models and a few examples."""
+    from pyterrier_knowacq.analysis.pipeline import run_analysis
+    config = yaml.safe_load((ROOT / 'experiments' / 'knowacq-full.yaml').read_text())
+    summary = run_analysis(config['analysis'], tmp_path / 'dry', seed=0, dry_run=True, verbose=False)
+    assert summary['dry_run'] and (tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv').exists()
+    acc = pd.read_csv(tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv')
+    assert set(acc.doc_model.map(lambda m: Path(m).name if '/' in m else m)) <= {'tiny-bert', 'tiny-llama', 'random:tiny-bert',
+                                                                                 'random:tiny-llama'} | set(acc.doc_model)
+    assert not acc.doc_model.str.contains('facebook|bert-base|Llama-2|repllama', case=False).any()
