@@ -8,8 +8,8 @@ Two probes (a registry, ``PROBES``):
 * ``interaction`` — scores each passage from ``q ⊙ p_i`` with one weight vector shared by all positions
   (``s_i = w·(q ⊙ p_i) + b``), a softmax over the N scores; a linear probe that *can* see the match.
 
-Both are trained full-batch with Adam on standardised features, L2 chosen from a grid by validation accuracy,
-early stopping on validation loss (best weights restored). Every call is seeded, so the same inputs give the same
+Both are trained full-batch with L-BFGS on standardised features until the objective settles, the L2 strength
+chosen from a grid by validation accuracy, with early stopping on validation loss (best weights restored). Every call is seeded, so the same inputs give the same
 predictions on CPU.
 
 Example::
@@ -98,29 +98,35 @@ class ProbeResult:
     epochs: int
 
 
-def _fit(model, x_tr, y_tr, x_va, y_va, *, l2: float, lr: float, max_epochs: int, patience: int):
+def _fit(model, x_tr, y_tr, x_va, y_va, *, l2: float, max_epochs: int, patience: int):
+    """Full-batch L-BFGS on cross-entropy + ``l2 * ||W||^2``, checked on validation every few iterations; the
+    weights with the lowest validation loss are kept (early stopping); stops when the training objective settles."""
     import torch
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=5, history_size=20, line_search_fn='strong_wolfe')
     loss_fn = torch.nn.CrossEntropyLoss()
-    best = (float('inf'), None, 0)
-    bad = 0
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
-        model.train()
+
+    def objective():
         opt.zero_grad()
-        loss = loss_fn(model(x_tr), y_tr)
         reg = sum((w ** 2).sum() for n, w in model.named_parameters() if 'bias' not in n)
-        (loss + l2 * reg).backward()
-        opt.step()
+        total = loss_fn(model(x_tr), y_tr) + l2 * reg
+        total.backward()
+        return total
+    best = (float('inf'), None, 0)
+    bad, prev, it = 0, None, 0
+    for it in range(1, max(1, max_epochs // 5) + 1):
+        value = float(opt.step(objective).detach())
         with torch.no_grad():
             v = float(loss_fn(model(x_va), y_va))
-        if v < best[0] - 1e-5:
-            best = (v, {k: t.detach().clone() for k, t in model.state_dict().items()}, epoch)
+        if v < best[0] - 1e-6:
+            best = (v, {k: t.detach().clone() for k, t in model.state_dict().items()}, it * 5)
             bad = 0
         else:
             bad += 1
             if bad >= patience:
                 break
+        if prev is not None and abs(prev - value) < 1e-7 * max(1.0, abs(value)):
+            break
+        prev = value
     if best[1] is not None:
         model.load_state_dict(best[1])
     return best[2]
@@ -128,14 +134,27 @@ def _fit(model, x_tr, y_tr, x_va, y_va, *, l2: float, lr: float, max_epochs: int
 
 def probe_layer(probe, q: np.ndarray, p: np.ndarray, label: np.ndarray, train: np.ndarray, val: np.ndarray,
                 test: np.ndarray, *, seed: int = 0, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-                lr: float = 1e-2, max_epochs: int = 300, patience: int = 20) -> ProbeResult:
+                lr: Optional[float] = None, max_epochs: int = 300, patience: int = 4) -> ProbeResult:
     """Train ``probe`` on the train examples of one layer and evaluate it on the test examples.
 
     Args:
         q: query vectors ``[E, H]``; p: passage vectors ``[E, N, H]``; label: index of the positive ``[E]``.
         train, val, test: boolean masks over the E examples (split by query upstream).
         l2_grid: L2 strengths tried; the one with the best validation accuracy (then loss) is kept.
+        max_epochs: L-BFGS iterations at most; patience: validation checks (every 5 iterations) without improvement.
+        lr: unused (kept for configuration compatibility; L-BFGS uses a line search).
     """
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny full-batch problems: extra threads only contend
+    try:
+        return _probe_layer(probe, q, p, label, train, val, test, seed=seed, l2_grid=l2_grid, max_epochs=max_epochs,
+                            patience=patience)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probe_layer(probe, q, p, label, train, val, test, *, seed, l2_grid, max_epochs, patience) -> ProbeResult:
     import torch
     probe = get_probe(probe)
     q = np.asarray(q, dtype=np.float32)
@@ -156,7 +175,7 @@ def probe_layer(probe, q: np.ndarray, p: np.ndarray, label: np.ndarray, train: n
     for l2 in l2_grid:
         torch.manual_seed(seed)
         model = probe.build(feats.shape[-1], n)
-        epochs = _fit(model, x[train], y[train], x[val], y[val], l2=l2, lr=lr, max_epochs=max_epochs, patience=patience)
+        epochs = _fit(model, x[train], y[train], x[val], y[val], l2=l2, max_epochs=max_epochs, patience=patience)
         model.eval()
         with torch.no_grad():
             va_logits = model(x[val])

@@ -224,6 +224,8 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
     from ..datasets import get_dataset
     from .trainer import TrainConfig, Trainer
     dataset = get_dataset(dataset)
+    if train_split is None and 'train' in (getattr(dataset, 'splits', ()) or ()):
+        train_split = 'train'   # a fold naming another dataset (e.g. scifact): never fall back to its test split
     spec = copy.deepcopy(validate_dense_spec(dict(spec)))
     spec.pop('kind', None)
     if dry_run:
