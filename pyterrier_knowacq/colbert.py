@@ -165,20 +165,26 @@ class ColBERTModel(_torch().nn.Module):
 
     def save(self, folder: Union[str, Path], overwrite: bool = True) -> Path:
         """Write the checkpoint in the ColBERTv2 layout (safetensors ``bert.*`` + ``linear.weight``), atomically."""
-        from safetensors.torch import save_file
         folder = Path(folder)
-        prefix = self.bert.base_model_prefix
-        tensors = {f'{prefix}.{k}': v.detach().float().contiguous().clone() for k, v in self.bert.state_dict().items()}
-        tensors['linear.weight'] = self.linear.weight.detach().float().contiguous().clone()
         with atomic_directory(folder, overwrite=overwrite) as tmp:
-            save_file(tensors, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
-            hf_config = self.bert.config.to_dict()
-            hf_config['architectures'] = ['HF_ColBERT']
-            atomic_write_json(tmp / 'config.json', hf_config)
-            self.tokenizer.save_pretrained(str(tmp))
-            atomic_write_json(tmp / 'artifact.metadata', {**self.config, 'checkpoint': self.name})
-            atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.name})
+            self.write(tmp)
         return folder
+
+    def write(self, tmp: Path, tensors: Optional[Dict] = None) -> None:
+        """Write the checkpoint files into an existing folder (use :meth:`save` for an atomic write)."""
+        from safetensors.torch import save_file
+        if tensors is None:
+            prefix = self.bert.base_model_prefix
+            tensors = {f'{prefix}.{k}': v.detach().float().cpu().contiguous().clone() for k, v in self.bert.state_dict().items()}
+            tensors['linear.weight'] = self.linear.weight.detach().float().cpu().contiguous().clone()
+        tmp = Path(tmp)
+        save_file(tensors, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
+        hf_config = self.bert.config.to_dict()
+        hf_config['architectures'] = ['HF_ColBERT']
+        atomic_write_json(tmp / 'config.json', hf_config)
+        self.tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / 'artifact.metadata', {**self.config, 'checkpoint': self.name})
+        atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.name})
 
     # ---------------------------------------------------------------- tokenisation
     def tokenize_queries(self, queries: Sequence[str]):
@@ -234,6 +240,11 @@ class ColBERTModel(_torch().nn.Module):
     def encode_queries(self, ids, mask):
         """Query token vectors [B, query_maxlen, dim] (every position, [MASK] augmentation included)."""
         return self._project(ids, mask)
+
+    def forward(self, q_ids, q_mask, d_ids, d_mask):
+        """Training entry point: MaxSim of every query against every document of the batch -> [Bq, Bd]."""
+        D, keep = self.encode_docs(d_ids, d_mask)
+        return maxsim_matrix(self.encode_queries(q_ids, q_mask), D, keep)
 
     def encode_docs(self, ids, mask):
         """``(D [B, L, dim], keep [B, L] bool)``: vectors of padding and punctuation positions are zero and not kept."""

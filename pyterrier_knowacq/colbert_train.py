@@ -1,212 +1,250 @@
-"""Training a ColBERT model offline: groups of (query, positive, hard negatives) and InfoNCE with in-batch negatives.
+"""Training a ColBERT model offline on the shared trainer with the shared losses.
 
-Training groups come from a dataset's qrels (positives: label >= ``min_label``) and BM25 negatives (the dataset's BM25
-run when it ships one, else PISA BM25 over its corpus, judged-relevant documents excluded). For MS MARCO the 620
-dev-small queries with a positive passage (``msmarco-passage-train``) can be added, their negatives retrieved by BM25
-over the 31k-passage slice.
+Spec (a ``models:`` entry with ``kind: colbert`` in an experiment YAML, or a dict)::
+
+    kind: colbert
+    backbone: minilm-l6        # any BERT-style backbones.py name (fresh seeded projection); or init: <ColBERT folder>
+    dim: 128                   # projection size (fresh models)
+    query_maxlen: 32
+    doc_maxlen: 180            # stored in the checkpoint (used when scoring / indexing)
+    train_doc_maxlen: 128      # truncation while training (speed)
+    queries_per_batch: 8       # in-batch negatives = the other queries' documents
+    negatives: 3               # hard negatives per query
+    loss: infonce              # infonce (in-batch + hard negatives) | kl (distillation from teacher scores)
+    loss_params: {tau: 1.0}    # e.g. {temperature: 1.0} for kl
+    data: {run: bm25, depth: 50, rel_threshold: 2, neg_max_label: 1, per_positive: false,
+           extra: [msmarco-dev-positives], teacher: null}   # kl: teacher = a run name of the dataset with scores
+    lr: 5.0e-5
+    head_lr: 1.0e-3            # learning rate of the projection
+    steps: 150                 # or epochs
+    warmup: 0.1
+
+Training groups: positives judged ``>= rel_threshold``, negatives from the first-stage run's top ``depth`` (the
+dataset's BM25 run when it ships one, else PISA BM25 over its corpus); ``extra`` adds the 620 MS MARCO dev-small
+positives (negatives: BM25 over the embedded 31k passages) and/or the 110 MS MARCO train queries. The trained model
+is cached by a hash of (spec, dataset, split, seed); the returned folder is a ColBERT checkpoint.
 
 Example::
 
     from pyterrier_knowacq.colbert_train import train_colbert
-    folder = train_colbert({'backbone': 'minilm-l6', 'steps': 200}, dataset='msmarco-passage', train_split='dl20',
-                           output_dir='models/colbert-dl20', seed=42)
+    folder = train_colbert({'backbone': 'minilm-l6', 'steps': 150}, dataset='msmarco-passage', train_split='dl20',
+                           output_dir=None, seed=42)
     pipeline = bm25 >> dataset.text_loader() >> ColBERT(folder)
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import random
+import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-import numpy as np
+from ._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
 
-from ._util import KnowacqError, atomic_write_json
+__all__ = ['train_colbert', 'ColBERTTask', 'DEFAULT_SPEC', 'validate_colbert_spec']
+VERSION = 1
 
-__all__ = ['train_colbert', 'training_groups', 'DEFAULT_SPEC']
-
-DEFAULT_SPEC = {
-    'backbone': 'minilm-l6', 'init': None, 'dim': 128, 'query_maxlen': 32, 'doc_maxlen': 180,
-    'steps': 200, 'batch_queries': 8, 'negatives': 3, 'lr': 2e-5, 'head_lr': 1e-3, 'warmup': 0.1,
-    'weight_decay': 0.01, 'max_grad_norm': 1.0, 'min_label': 2, 'neg_depth': 50, 'in_batch': True,
-    'extra_train': ['dev-small-positives'], 'train_doc_maxlen': 128,
+DEFAULT_SPEC: Dict[str, Any] = {
+    'backbone': 'minilm-l6', 'init': None, 'dim': 128, 'query_maxlen': 32, 'doc_maxlen': 180, 'train_doc_maxlen': 128,
+    'queries_per_batch': 8, 'negatives': 3, 'loss': 'infonce', 'loss_params': {},
+    'data': {'run': 'bm25', 'depth': 50, 'rel_threshold': 2, 'neg_max_label': 1, 'per_positive': False,
+             'extra': ['msmarco-dev-positives'], 'teacher': None},
+    'lr': 5e-5, 'head_lr': 1e-3, 'steps': 150, 'epochs': None, 'warmup': 0.1, 'weight_decay': 0.01,
+    'max_grad_norm': 1.0, 'grad_accum': 1, 'checkpoint_every': 50,
 }
+DATA_KEYS = set(DEFAULT_SPEC['data']) | {'max_queries', 'extra_depth'}
 
 
-def _bm25_candidates(dataset, topics, depth: int, split: Optional[str]):
-    """``qid -> [docno...]``: the dataset's BM25 run for ``split`` if it has one, else PISA BM25 over its corpus."""
-    try:
-        run = dataset.get_run('bm25', split)
-    except Exception:
-        from .first_stage import PisaBM25
-        run = PisaBM25(dataset, num_results=depth)(topics[['qid', 'query']])
-    run = run.sort_values(['qid', 'score'], ascending=[True, False])
-    return {qid: list(g['docno'][:depth]) for qid, g in run.groupby('qid')}
-
-
-def training_groups(dataset, split: str, *, min_label: int = 2, neg_depth: int = 50) -> List[Dict]:
-    """``[{'query', 'pos': [texts], 'neg': [texts]}]`` for every query of ``split`` with a positive that has text."""
-    from .datasets import get_dataset
-    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
-    topics = ds.get_topics(split)
-    qrels = ds.get_qrels(split)
-    labels = {(r.qid, r.docno): r.label for r in qrels.itertuples()}
-    cands = _bm25_candidates(ds, topics, neg_depth, split)
-    texts = {}
-
-    def text(docno):
-        if docno not in texts:
-            try:
-                texts[docno] = ds.get_texts([docno])[0]
-            except Exception:
-                texts[docno] = None
-        return texts[docno]
-    groups = []
-    for qid, query in zip(topics['qid'], topics['query']):
-        pos = [text(d) for d in qrels.loc[(qrels.qid == qid) & (qrels.label >= min_label), 'docno']]
-        pos = [p for p in pos if p]
-        neg = [text(d) for d in cands.get(qid, []) if labels.get((qid, d), 0) <= 0]
-        neg = [n for n in neg if n]
-        if pos and neg:
-            groups.append({'query': query, 'pos': pos, 'neg': neg})
-    return groups
-
-
-def _dev_small_groups(neg_depth: int) -> List[Dict]:
-    """The 620 dev-small queries with a positive text; negatives: BM25 over the embedded 31k MS MARCO passages."""
-    from .datasets import get_dataset
-    train = get_dataset('msmarco-passage-train')
-    pairs = train._pairs()
-    topics = pairs[['qid', 'query']].drop_duplicates('qid')
-    corpus = get_dataset('msmarco-passage')
-    from .first_stage import PisaBM25
-    run = PisaBM25(corpus, num_results=neg_depth)(topics)
-    positives = set(zip(pairs['qid'], pairs['docno']))
-    texts = dict(zip(run['docno'], corpus.get_texts(run['docno'].tolist())))
-    groups = []
-    for qid, g in pairs.groupby('qid', sort=True):
-        neg = [texts[d] for d in run.loc[run.qid == qid].sort_values('score', ascending=False)['docno'] if (qid, d) not in positives]
-        if neg:
-            groups.append({'query': g['query'].iloc[0], 'pos': list(g['text']), 'neg': neg})
-    return groups
-
-
-def _check_spec(spec: Optional[Dict]) -> Dict:
+def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Fill defaults and check keys and values; raises :class:`KnowacqError` naming the bad setting."""
     spec = dict(spec or {})
+    spec.pop('kind', None)
     unknown = set(spec) - set(DEFAULT_SPEC)
     if unknown:
         raise KnowacqError(f'unknown ColBERT training settings {sorted(unknown)}; known: {sorted(DEFAULT_SPEC)}')
-    spec = {**DEFAULT_SPEC, **spec}
-    for key in ('steps', 'batch_queries', 'dim', 'neg_depth'):
+    data = dict(spec.get('data') or {})
+    bad = set(data) - DATA_KEYS
+    if bad:
+        raise KnowacqError(f'unknown ColBERT data settings {sorted(bad)}; known: {sorted(DATA_KEYS)}')
+    spec = {**copy.deepcopy(DEFAULT_SPEC), **spec, 'data': {**DEFAULT_SPEC['data'], **data}}
+    for key in ('dim', 'queries_per_batch', 'query_maxlen', 'doc_maxlen', 'train_doc_maxlen'):
         if not isinstance(spec[key], int) or spec[key] < 1:
             raise KnowacqError(f'ColBERT training setting {key} must be a positive integer, got {spec[key]!r}')
     if not isinstance(spec['negatives'], int) or spec['negatives'] < 0:
         raise KnowacqError(f'negatives must be a non-negative integer, got {spec["negatives"]!r}')
-    if isinstance(spec['extra_train'], str):
-        spec['extra_train'] = [spec['extra_train']]
-    bad = set(spec['extra_train'] or []) - {'dev-small-positives'}
-    if bad:
-        raise KnowacqError(f'extra_train may only name dev-small-positives, got {sorted(bad)}')
+    if spec['steps'] is None and spec['epochs'] is None:
+        raise KnowacqError('give steps or epochs for ColBERT training')
+    if spec['loss'] not in ('infonce', 'kl'):
+        raise KnowacqError(f"ColBERT training loss must be 'infonce' or 'kl', got {spec['loss']!r}")
+    if spec['loss'] == 'kl' and not spec['data']['teacher']:
+        raise KnowacqError('loss: kl needs data.teacher, a run with teacher scores (e.g. a cross-encoder run); '
+                           'or use loss: infonce')
+    if isinstance(spec['data']['extra'], str):
+        spec['data']['extra'] = [spec['data']['extra']]
     return spec
 
 
-def train_colbert(spec: Optional[Dict], *, dataset, train_split: str, output_dir: Union[str, Path], seed: int = 42,
-                  verbose: bool = True) -> Path:
-    """Train a ColBERT (fresh projection on ``spec['backbone']``, or continue from ``spec['init']``) and save it.
+class ColBERTTask:
+    """The trainer task: batches of ``(qid, query, [positive] + negatives)``; InfoNCE over MaxSim of every query
+    against every document of the batch, or KL to teacher scores over each query's own documents."""
 
-    Loss: cross-entropy over MaxSim scores of each query against its positive, its hard negatives and (``in_batch``)
-    every other document of the batch (InfoNCE). Returns ``output_dir``, a checkpoint folder :class:`ColBERT` loads.
+    def __init__(self, model, groups, text_of, *, negatives=3, queries_per_batch=8, loss='infonce', loss_params=None,
+                 teacher=None, head_lr=None, train_doc_maxlen=128, seed=42):
+        from .training.losses import get_loss
+        if not groups:
+            raise KnowacqError('no training groups for ColBERT; check the qrels, the run and rel_threshold')
+        self.model, self.groups, self.text_of = model, list(groups), text_of
+        self.negatives, self.qpb, self.seed = int(negatives), int(queries_per_batch), seed
+        self.loss_name, self.loss_fn = loss, get_loss(loss, **(loss_params or {}))
+        self.teacher, self.head_lr, self.train_doc_maxlen = teacher or {}, head_lr, int(train_doc_maxlen)
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> List[list]:
+        from .training.examples import sample_group
+        rng = random.Random(self.seed + epoch)
+        order = list(range(len(self.groups)))
+        rng.shuffle(order)
+        items = [sample_group(self.groups[i], self.negatives, rng) for i in order]
+        batches = [items[i:i + self.qpb] for i in range(0, len(items) - self.qpb + 1, self.qpb)] or [items]
+        return batches[rank::world_size]
+
+    def batch_ids(self, batch):
+        return [qid for qid, _, _ in batch]
+
+    def param_groups(self, model, config):
+        if self.head_lr is None:
+            return None
+        head = [p for n, p in model.named_parameters() if n.startswith('linear.') and p.requires_grad]
+        body = [p for n, p in model.named_parameters() if not n.startswith('linear.') and p.requires_grad]
+        return [{'params': body, 'lr': config.lr}, {'params': head, 'lr': float(self.head_lr)}]
+
+    def loss(self, model, batch):
+        import torch
+        m = self.model
+        device = next(m.parameters()).device
+        q_ids, q_mask = m.tokenize_queries([query for _, query, _ in batch])
+        full = m.config['doc_maxlen']
+        m.config['doc_maxlen'] = min(full, self.train_doc_maxlen)
+        try:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                d_ids, d_mask = m.tokenize_docs([self.text_of(d) for _, _, ds in batch for d in ds])
+        finally:
+            m.config['doc_maxlen'] = full
+        scores = model(q_ids.to(device), q_mask.to(device), d_ids.to(device), d_mask.to(device))    # [B, B * k]
+        k = 1 + self.negatives
+        if self.loss_name == 'kl':
+            own = torch.stack([scores[i, i * k:(i + 1) * k] for i in range(len(batch))])
+            targets = torch.tensor([[self.teacher.get(q, {}).get(d, -1e4) for d in ds] for q, _, ds in batch],
+                                   dtype=own.dtype, device=device)
+            loss = self.loss_fn(own, targets)
+        else:
+            loss = self.loss_fn(scores, torch.arange(len(batch), device=device) * k)
+        with torch.no_grad():
+            acc = (scores.argmax(1) == torch.arange(len(batch), device=device) * k).float().mean()
+        return loss, {'in_batch_acc': float(acc)}
+
+    def save(self, folder: Path) -> None:
+        self.model.write(folder)
+
+
+def _groups(spec, dataset, split, seed):
+    from .training import examples as ex
+    data = spec['data']
+    topics, qrels = dataset.get_topics(split), dataset.get_qrels(split)
+    depth = int(data['depth'])
+    try:
+        run = dataset.get_run(data['run'], split)
+    except KnowacqError:
+        if data['run'] != 'bm25':
+            raise
+        from .first_stage import PisaBM25
+        judged = topics[topics['qid'].astype(str).isin(set(qrels['qid'].astype(str)))]
+        run = PisaBM25(dataset, num_results=depth + 10)(judged[['qid', 'query']])
+    teacher = None
+    if data.get('teacher'):
+        teacher = ex.score_targets(dataset.get_run(data['teacher'], split))
+        run = dataset.get_run(data['teacher'], split)
+    groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data['rel_threshold']),
+                                   neg_max_label=data['neg_max_label'], per_positive=bool(data['per_positive']),
+                                   known_docnos=set(dataset._texts))
+    n_split = len(groups)
+    for name in data['extra'] or []:
+        if teacher is None:
+            groups += ex.extra_groups(name, dataset, depth=int(data.get('extra_depth') or 30), seed=seed)
+    if data.get('max_queries'):
+        groups = random.Random(seed).sample(groups, min(len(groups), int(data['max_queries'])))
+    return groups, n_split, teacher
+
+
+def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, output_dir: Optional[Union[str, Path]] = None,
+                  seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
+    """Train (or fetch from the cache) the ColBERT ``spec`` on ``dataset``'s ``train_split``; returns its checkpoint folder.
+
+    ``dry_run`` swaps the backbone for ``tiny-bert``, 2 steps and 8 queries (checks the wiring in seconds).
     """
     import torch
-    from .colbert import ColBERTModel, maxsim_matrix
-    spec = _check_spec(spec)
-    output_dir = Path(output_dir)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    started = time.time()
-    groups = training_groups(dataset, train_split, min_label=spec['min_label'], neg_depth=spec['neg_depth'])
-    n_fold = len(groups)
-    if 'dev-small-positives' in (spec['extra_train'] or []):
-        groups += _dev_small_groups(spec['neg_depth'])
-    if not groups:
-        raise KnowacqError(f'no training groups in {dataset}:{train_split} (no positive with text and a BM25 negative); '
-                           'check the split name and min_label')
-    if spec['init']:
-        model = ColBERTModel.from_pretrained(spec['init'], query_maxlen=spec['query_maxlen'], doc_maxlen=spec['doc_maxlen'])
-    else:
-        model = ColBERTModel.new(spec['backbone'], dim=spec['dim'], seed=seed, query_maxlen=spec['query_maxlen'],
-                                 doc_maxlen=spec['doc_maxlen'])
-    model.train()
-    head = list(model.linear.parameters())
-    body = [p for n, p in model.named_parameters() if not n.startswith('linear.')]
-    opt = torch.optim.AdamW([{'params': body, 'lr': spec['lr']}, {'params': head, 'lr': spec['head_lr']}],
-                            weight_decay=spec['weight_decay'])
-    warm = max(1, int(spec['warmup'] * spec['steps']))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (spec['steps'] - s) / max(1, spec['steps'] - warm))))
-    rng = random.Random(seed)
-    full_maxlen = model.config['doc_maxlen']
-    model.config['doc_maxlen'] = min(full_maxlen, spec['train_doc_maxlen'])
-    log = []
-    order: List[int] = []
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        for step in range(spec['steps']):
-            if len(order) < spec['batch_queries']:
-                perm = list(range(len(groups)))
-                rng.shuffle(perm)
-                order += perm
-            batch = [groups[i] for i in order[:spec['batch_queries']]]
-            del order[:spec['batch_queries']]
-            queries, docs = [], []
-            for g in batch:
-                queries.append(g['query'])
-                docs.append(rng.choice(g['pos']))
-                docs += [rng.choice(g['neg']) for _ in range(spec['negatives'])]
-            Q = model.encode_queries(*model.tokenize_queries(queries))
-            D, keep = model.encode_docs(*model.tokenize_docs(docs))
-            width = 1 + spec['negatives']
-            scores = maxsim_matrix(Q, D, keep)                                  # [B, B * width]
-            if not spec['in_batch']:
-                own = torch.zeros_like(scores, dtype=torch.bool)
-                for i in range(len(batch)):
-                    own[i, i * width:(i + 1) * width] = True
-                scores = scores.masked_fill(~own, -1e4)
-            target = torch.arange(len(batch)) * width
-            loss = torch.nn.functional.cross_entropy(scores, target)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec['max_grad_norm'])
-            opt.step()
-            sched.step()
-            log.append(round(float(loss), 5))
-            if verbose and (step % 20 == 0 or step == spec['steps'] - 1):
-                print(f'colbert train step {step + 1}/{spec["steps"]} loss {np.mean(log[-20:]):.4f} '
-                      f'({time.time() - started:.0f}s)', flush=True)
-    model.config['doc_maxlen'] = full_maxlen
-    model.eval()
-    model.name = f'colbert:{spec["init"] or spec["backbone"]}:{train_split}'
-    model.save(output_dir, overwrite=True)
-    atomic_write_json(output_dir / 'training.json', {
-        'spec': spec, 'dataset': str(getattr(dataset, 'name', dataset)), 'train_split': train_split, 'seed': seed,
-        'groups': len(groups), 'groups_from_split': n_fold, 'losses': log, 'wall_time_s': round(time.time() - started, 1)})
-    return output_dir
+    from .colbert import ColBERTModel
+    from .datasets import get_dataset
+    from .training.trainer import TrainConfig, Trainer
+    dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    spec = validate_colbert_spec(spec)
+    if dry_run:
+        spec.update(backbone='tiny-bert', init=None, steps=2, epochs=None)
+        spec['data'] = {**spec['data'], 'max_queries': 8, 'extra': []}
+    blob = json.dumps({'v': VERSION, 'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed},
+                      sort_keys=True, default=str)
+    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    final = cache_dir('models', 'trained-colbert') / key
+    if not (final / 'knowacq.json').exists():
+        started = time.time()
+        torch.manual_seed(seed)
+        if spec['init']:
+            model = ColBERTModel.from_pretrained(spec['init'], query_maxlen=spec['query_maxlen'], doc_maxlen=spec['doc_maxlen'])
+        else:
+            model = ColBERTModel.new(spec['backbone'], dim=spec['dim'], seed=seed, query_maxlen=spec['query_maxlen'],
+                                     doc_maxlen=spec['doc_maxlen'])
+        model.name = f'colbert:{spec["init"] or spec["backbone"]}:{dataset.name}:{train_split}'
+        groups, n_split, teacher = _groups(spec, dataset, train_split, seed)
+        texts, extra = dataset._texts, {}
+        for g in groups:
+            extra.update(g.texts or {})
+        task = ColBERTTask(model, groups, lambda d: texts[d] if d in texts else extra[d], negatives=spec['negatives'],
+                           queries_per_batch=spec['queries_per_batch'], loss=spec['loss'], loss_params=spec['loss_params'],
+                           teacher=teacher, head_lr=spec['head_lr'], train_doc_maxlen=spec['train_doc_maxlen'], seed=seed)
+        cfg = TrainConfig(lr=float(spec['lr']), weight_decay=float(spec['weight_decay']), warmup=float(spec['warmup']),
+                          max_steps=int(spec['steps']) if spec['steps'] else None, epochs=spec['epochs'],
+                          grad_accum=int(spec['grad_accum']), max_grad_norm=spec['max_grad_norm'], seed=seed,
+                          checkpoint_every=int(spec['checkpoint_every']), progress=verbose, log_every=5,
+                          device='cpu' if not torch.cuda.is_available() else None)
+        work = final.with_name(f'{key}.work')
+        result = Trainer(task, cfg, work).train()
+        with atomic_directory(final, overwrite=True) as tmp:
+            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
+            atomic_write_json(tmp / 'training.json', {
+                'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed, 'steps': result.steps,
+                'groups': len(groups), 'groups_from_split': n_split, 'history': result.history,
+                'wall_time_s': round(time.time() - started, 1)})
+        shutil.rmtree(work, ignore_errors=True)
+    if output_dir is not None:
+        info = json.loads((final / 'training.json').read_text())
+        atomic_write_json(Path(output_dir) / 'training.json', {'model': str(final), **info})
+    return final
 
 
-def _main(argv=None):  # pragma: no cover - convenience entry point: python -m pyterrier_knowacq.colbert_train
+def _main(argv=None):  # pragma: no cover - python -m pyterrier_knowacq.colbert_train --train-split dl20 --spec '{...}'
     import argparse
     parser = argparse.ArgumentParser(description='train a ColBERT model on an embedded dataset')
     parser.add_argument('--dataset', default='msmarco-passage')
     parser.add_argument('--train-split', required=True)
-    parser.add_argument('--output', required=True)
     parser.add_argument('--seed', type=int, default=42)
     parser.add_argument('--spec', default='{}', help='JSON dict of training settings')
     args = parser.parse_args(argv)
-    print(train_colbert(json.loads(args.spec), dataset=args.dataset, train_split=args.train_split,
-                        output_dir=args.output, seed=args.seed))
+    print(train_colbert(json.loads(args.spec), dataset=args.dataset, train_split=args.train_split, seed=args.seed,
+                        verbose=True))
 
 
 if __name__ == '__main__':  # pragma: no cover

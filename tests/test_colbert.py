@@ -156,21 +156,34 @@ def test_stage_registration_is_guarded():
     assert colbert._register() in (True, False)
 
 
-def test_training_is_seeded_and_saves_a_checkpoint(tmp_path):
+def test_training_on_shared_trainer_is_seeded(tmp_path, monkeypatch):
     from safetensors.numpy import load_file
-    from pyterrier_knowacq.colbert_train import train_colbert, training_groups
-    groups = training_groups('msmarco-passage', 'dl20', neg_depth=20)
-    assert len(groups) > 20 and all(g['pos'] and g['neg'] for g in groups)
-    spec = {'backbone': 'tiny-bert', 'dim': 16, 'steps': 3, 'batch_queries': 2, 'negatives': 1, 'extra_train': [],
-            'neg_depth': 20, 'train_doc_maxlen': 48}
-    a = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'a', seed=1, verbose=False)
-    b = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'b', seed=1, verbose=False)
-    wa, wb = load_file(str(a / 'model.safetensors')), load_file(str(b / 'model.safetensors'))
-    fresh = ColBERTModel.new('tiny-bert', dim=16, seed=1)
+    from pyterrier_knowacq.colbert_train import train_colbert
+    spec = {'kind': 'colbert', 'backbone': 'tiny-bert', 'dim': 16, 'steps': 3, 'queries_per_batch': 2, 'negatives': 1,
+            'train_doc_maxlen': 48, 'data': {'extra': [], 'max_queries': 6, 'depth': 20}}
+    folders = []
+    for run in ('a', 'b'):
+        monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / run))
+        folders.append(train_colbert(spec, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / f'out-{run}', seed=1))
+    wa, wb = (load_file(str(f / 'model.safetensors')) for f in folders)
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    fresh = ColBERTModel.new('tiny-bert', dim=16, seed=1)
     assert not np.allclose(wa['linear.weight'], fresh.linear.weight.detach().numpy())
-    log = json.loads((a / 'training.json').read_text())
-    assert len(log['losses']) == 3 and log['groups_from_split'] == len(groups)
-    assert ColBERTModel.from_pretrained(a).config['doc_maxlen'] == 180
+    info = json.loads((tmp_path / 'out-a' / 'training.json').read_text())
+    assert info['steps'] == 3 and info['groups'] == 6 and info['model'] == str(folders[0])
+    assert ColBERTModel.from_pretrained(folders[0]).config['doc_maxlen'] == 180
+    assert len(ColBERT(str(folders[0]))(_frame())) == len(_frame())
     with pytest.raises(KnowacqError, match='unknown ColBERT training settings'):
-        train_colbert({'stepz': 3}, dataset='msmarco-passage', train_split='dl20', output_dir=tmp_path / 'c')
+        train_colbert({'stepz': 3}, dataset='msmarco-passage', train_split='dl20')
+    with pytest.raises(KnowacqError, match='data.teacher'):
+        train_colbert({'loss': 'kl'}, dataset='msmarco-passage', train_split='dl20')
+
+
+def test_kl_distillation_from_a_teacher_run(tmp_path, monkeypatch):
+    from pyterrier_knowacq.colbert_train import train_colbert
+    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path))
+    spec = {'backbone': 'tiny-bert', 'dim': 16, 'steps': 2, 'queries_per_batch': 2, 'negatives': 2, 'loss': 'kl',
+            'train_doc_maxlen': 48, 'data': {'teacher': 'rankgpt-3.5', 'max_queries': 4, 'rel_threshold': 1}}
+    folder = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', seed=0)
+    info = json.loads((folder / 'training.json').read_text())
+    assert info['steps'] == 2 and np.isfinite([h['loss'] for h in info['history']]).all()
