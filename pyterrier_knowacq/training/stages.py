@@ -92,8 +92,25 @@ def _validator(spec, dataset, split, val_qids, text_of):
         return None
     topics = dataset.get_topics(split)
     topics = topics[topics['qid'].astype(str).isin(val_qids)]
-    return RerankValidator(topics, dataset.get_qrels(split), dataset.get_run(v.get('run', 'bm25'), split), text_of,
+    return RerankValidator(topics, dataset.get_qrels(split), _get_run(dataset, v.get('run', 'bm25'), split), text_of,
                            depth=int(v.get('depth', 30)))
+
+
+def _get_run(dataset, name: str, split, depth: int = 100):
+    """A run by name: a TREC file path, a run the dataset ships, or (``bm25`` where none ships) PISA BM25 retrieval."""
+    from pathlib import Path as _P
+    from ..datasets import read_run
+    path = _P(str(name)).expanduser()
+    if path.exists():
+        return read_run(path)
+    try:
+        return dataset.get_run(name, split)
+    except KnowacqError:
+        if name != 'bm25':
+            raise
+    from ..first_stage import PisaBM25
+    topics = dataset.get_topics(split)
+    return PisaBM25(dataset, num_results=depth)(topics)
 
 
 def _stage_items(stage, dataset, split, train_qids, seed, text_known):
@@ -107,11 +124,11 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known):
         if not teachers:
             raise KnowacqError('a ranknet stage needs `data: {teacher: <run name(s)>}`, e.g. rankgpt-3.5')
         teachers = [teachers] if isinstance(teachers, str) else list(teachers)
-        items = ex.teacher_lists(topics, [dataset.get_run(t, split) for t in teachers], qids=train_qids,
+        items = ex.teacher_lists(topics, [_get_run(dataset, t, split) for t in teachers], qids=train_qids,
                                  known_docnos=text_known)
         return items, int(data.get('list_length', 20)), None, data.get('select', 'random')
     run_name = data.get('run', 'bm25')
-    run = dataset.get_run(run_name, split)
+    run = _get_run(dataset, run_name, split, int(data.get('depth', 100)))
     rel = int(data.get('rel_threshold', 1))
     items = ex.contrastive_groups(topics, dataset.get_qrels(split), run, depth=int(data.get('depth', 100)),
                                   rel_threshold=rel, neg_max_label=data.get('neg_max_label'),
@@ -132,13 +149,24 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
     from ..crossencoder import CrossEncoder
     from .crossencoder_task import CrossEncoderTask
     from .trainer import TrainConfig, Trainer
-    texts = dataset._texts
+    from ..datasets import IrdsDataset
+    if isinstance(dataset, IrdsDataset):      # millions of passages: look texts up lazily in the docstore
+        class _Lazy(dict):
+            def get(self, d, default=None):
+                try:
+                    return dataset.get_texts([d])[0]
+                except Exception:
+                    return default
+        texts, known = _Lazy(), None
+    else:
+        texts = dataset._texts
+        known = texts.keys()
     extra_texts = {}
     if init_folder is None:
         ce = CrossEncoder.new(spec['backbone'], pooling=spec.get('pooling', 'cls'), seed=int(spec.get('head_seed', seed)))
     else:
         ce = CrossEncoder.from_pretrained(str(init_folder))
-    items, group_size, targets, select = _stage_items(stage, dataset, split, train_qids, seed, texts.keys() | extra_texts.keys())
+    items, group_size, targets, select = _stage_items(stage, dataset, split, train_qids, seed, known)
     for it in items:
         extra_texts.update(getattr(it, 'texts', {}) or {})
 
