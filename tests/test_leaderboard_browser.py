@@ -153,3 +153,44 @@ def test_site_in_headless_chromium(driver, tmp_path):
     driver.save_screenshot(str(shot))
     print(f'screenshot: {shot}')
     assert _problems(driver) == []
+
+
+@pytest.mark.slow
+def test_quickstart_site_in_headless_chromium(driver, tmp_path, capsys):
+    """`knowacq quickstart` ends with the leaderboard; the site works in Chromium (about 3-8 min on 2 CPU cores).
+
+    Set KNOWACQ_QUICKSTART_RESULTS to an existing quickstart results folder to skip re-running the experiment.
+    """
+    import os
+    from pyterrier_knowacq.cli import main as knowacq
+    results = os.environ.get('KNOWACQ_QUICKSTART_RESULTS')
+    site = tmp_path / 'site'
+    if results:
+        assert knowacq(['leaderboard', results, '-o', str(site)]) == 0
+    else:
+        assert knowacq(['quickstart', '-o', str(tmp_path / 'results'), '--site', str(site)]) == 0
+    out = capsys.readouterr().out
+    index = site / 'index.html'
+    assert f'[knowacq] leaderboard: {index.resolve()}' in out
+    driver.get(index.resolve().as_uri())
+    tables = driver.find_elements('css selector', 'table.lb[data-table]')
+    assert len(tables) == 2  # dl19 and dl20
+    names = [a.text for a in tables[0].find_elements('css selector', 'a.syslink')]
+    assert set(names) == {'BM25', 'PISA BM25 (31k slice)', 'BM25 >> MiniLM bi-encoder'}
+    shot = tmp_path / 'quickstart-overview.png'
+    driver.save_screenshot(str(shot))
+    print(f'\nscreenshot: {shot}')
+    before = _order(driver, tables[0])
+    tables[0].find_element('xpath', './/th[.//button[text()="System"]]').click()
+    assert _order(driver, tables[0]) != before
+    next(a for a in tables[0].find_elements('css selector', 'a.syslink') if a.text == 'BM25 >> MiniLM bi-encoder').click()
+    for _ in range(50):
+        if '/systems/' in driver.current_url:
+            break
+        time.sleep(0.1)
+    assert driver.find_elements('css selector', 'table.perquery tbody tr')
+    assert driver.find_elements('css selector', 'svg.chart rect')
+    shot = tmp_path / 'quickstart-system.png'
+    driver.save_screenshot(str(shot))
+    print(f'screenshot: {shot}')
+    assert _problems(driver) == []
