@@ -26,6 +26,11 @@ KEPT_PATTERNS = ('meta.json', 'config.yaml', 'report.json', 'report.md', 'plots/
                  'tables/*.csv', '*/aggregated.csv', '*/perquery.csv', '*/topics.tsv', '*/runs/*.res.gz')
 
 
+META_TYPES = {'systems': list, 'collections': list, 'timings': dict, 'versions': dict, 'config': dict,
+              'measures': list, 'study': str, 'description': str, 'command': str}
+KIND_NAMES = {list: 'list', dict: 'object', str: 'string'}
+
+
 class FolderProblem(Exception):
     """A results folder (or one of its collections) that cannot be shown; the message names it and the fix."""
 
@@ -77,6 +82,17 @@ def read_meta(folder: Path) -> Dict:
                             '(written by an incompatible version); re-run it with this version of pyterrier_knowacq')
     if not isinstance(meta.get('experiment'), str) or not meta['experiment']:
         raise FolderProblem(f'{meta_file} names no experiment ("experiment" is missing); re-run `knowacq run` for it')
+    for key, kind in META_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise FolderProblem(f'{meta_file}: "{key}" should be a JSON {KIND_NAMES[kind]}, not '
+                                f'{type(meta[key]).__name__}; re-run `knowacq run` for it')
+    for key in ('systems', 'collections'):
+        if any(not isinstance(x, dict) for x in meta.get(key) or []):
+            raise FolderProblem(f'{meta_file}: every entry of "{key}" should be a JSON object; '
+                                're-run `knowacq run` for it')
+    if any(not isinstance(v, dict) for v in (meta.get('timings') or {}).values()):
+        raise FolderProblem(f'{meta_file}: "timings" should map collection -> {{system: seconds}}; '
+                            're-run `knowacq run` for it')
     return meta
 
 
@@ -90,6 +106,16 @@ class Collection:
     perquery: Optional[pd.DataFrame]  # columns name, qid, measure, value
     topics: Dict[str, str]  # qid -> query text (only when the folder has <collection>/topics.tsv)
     baseline: Optional[str]
+    _series: Optional[Dict[Tuple[str, str], pd.Series]] = None
+
+    def series(self, name: str, measure: str) -> Optional[pd.Series]:
+        """Per-query values (index qid) of one system and measure, or None."""
+        if self.perquery is None:
+            return None
+        if self._series is None:
+            self._series = {key: grp.groupby('qid')['value'].mean()
+                            for key, grp in self.perquery.groupby(['name', 'measure'], sort=False)}
+        return self._series.get((name, measure))
 
     @property
     def key(self) -> Tuple[str, str]:

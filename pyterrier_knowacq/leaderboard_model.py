@@ -70,14 +70,8 @@ def build_systems(experiments: List[ExperimentData]) -> Tuple[List[Dict], List[s
     return systems, warnings
 
 
-def _series(coll: Collection, name: str, measure: str) -> Optional[pd.Series]:
-    if coll.perquery is None:
-        return None
-    pq = coll.perquery
-    rows = pq[(pq['name'] == name) & (pq['measure'] == measure)]
-    if rows.empty:
-        return None
-    return rows.groupby('qid')['value'].mean()
+def _series(coll: Collection, name: Optional[str], measure: str) -> Optional[pd.Series]:
+    return None if name is None else coll.series(name, measure)
 
 
 def build_tables(systems: List[Dict]) -> Tuple[List[Dict], List[str]]:

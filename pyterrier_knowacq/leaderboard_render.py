@@ -90,6 +90,9 @@ def rank_title(cell: Dict, names: Dict[str, str]) -> str:
             f'(Holm-corrected p = {fmt_p(cell["p_vs_leader_holm"])})')
 
 
+MAX_BARS = 300
+
+
 def difference_chart(entries: List[Dict], measure: str, baseline: str, width: int = 760, height: int = 220) -> str:
     """An inline SVG bar chart of per-query differences (system - baseline), sorted; every label escaped."""
     points = [(e['qid'], e['query'], e['values'][measure]['difference']) for e in entries
@@ -110,7 +113,15 @@ def difference_chart(entries: List[Dict], measure: str, baseline: str, width: in
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
                      f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick">{frac * top:+.2f}</text>')
     parts.append(f'<text x="{left - 6}" y="{mid + 4:.1f}" class="tick">0</text>')
-    for i, (qid, query, diff) in enumerate(points):
+    if len(points) > MAX_BARS:  # many queries: one filled outline instead of a bar (and a <title>) per query
+        xs = [left + (i + 0.5) * bar_w for i in range(len(points))]
+        ys = [mid - p[2] / top * plot_h / 2 for p in points]
+        line = ' '.join(f'{x:.1f},{y:.1f}' for x, y in zip(xs, ys))
+        parts.append(f'<polygon points="{xs[0]:.1f},{mid:.1f} {line} {xs[-1]:.1f},{mid:.1f}" class="area"/>')
+        points_drawn = []
+    else:
+        points_drawn = points
+    for i, (qid, query, diff) in enumerate(points_drawn):
         h = abs(diff) / top * plot_h / 2
         y = mid - h if diff >= 0 else mid
         cls = 'pos' if diff > 0 else 'neg' if diff < 0 else 'zero'

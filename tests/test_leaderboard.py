@@ -368,3 +368,20 @@ def test_reads_no_model_code(base_results, tmp_path):
             'bad = [m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules]; '
             'assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_malformed_meta_and_many_queries(results, tmp_path):
+    from pyterrier_knowacq.leaderboard_render import MAX_BARS, difference_chart
+    bad = tmp_path / 'bad-meta'
+    shutil.copytree(results['xss'], bad)
+    meta = json.loads((bad / 'meta.json').read_text())
+    meta['timings'] = ['not', 'a', 'mapping']
+    (bad / 'meta.json').write_text(json.dumps(meta))
+    with pytest.warns(LeaderboardWarning, match=r'bad-meta/meta.json: "timings" should be a JSON object'):
+        index = build_site([bad, results['first']], tmp_path / 'site')
+    assert 'TAS-B' in index.read_text()
+    entries = [{'qid': str(i), 'query': None, 'values': {'m': {'difference': (i % 7 - 3) / 10}}}
+               for i in range(MAX_BARS + 1)]
+    svg = difference_chart(entries, 'm', 'base')
+    assert '<polygon' in svg and '<rect' not in svg and f'{MAX_BARS + 1} queries' in svg
+    assert svg.count('<rect') == 0 and difference_chart(entries[:5], 'm', 'b').count('<rect') == 5
