@@ -182,6 +182,17 @@ def test_overview_numbers_ranks_and_significance(results, tmp_path):
     assert '▲' in html
 
 
+def test_holm_matches_statsmodels():
+    import numpy as np
+    from statsmodels.stats.multitest import multipletests
+    from pyterrier_knowacq.leaderboard_data import holm
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 5, 17):
+        p = list(rng.uniform(0, 0.2, m)) if m != 5 else [0.01, 0.04, 0.03, 0.5, 0.04]
+        assert holm(p) == pytest.approx(list(multipletests(p, method='holm')[1]))
+    assert holm([]) == []
+
+
 def test_tie_groups_rule():
     qids = [str(i) for i in range(30)]
     import numpy as np
@@ -301,8 +312,9 @@ def test_same_system_from_two_folders_is_kept_twice_with_warning(results, tmp_pa
     # an identical copy is recognised and not added a third time
     same = tmp_path / 'same'
     shutil.copytree(twin, same)
-    with pytest.warns(LeaderboardWarning, match='identical to'):
+    with pytest.warns(LeaderboardWarning) as record:
         build_site([same], site)
+    assert any('identical to' in str(w.message) and str(same) in str(w.message) for w in record)
     assert len(json.loads((site / 'manifest.json').read_text())['sources']) == 2
 
 
@@ -385,3 +397,20 @@ def test_malformed_meta_and_many_queries(results, tmp_path):
     svg = difference_chart(entries, 'm', 'base')
     assert '<polygon' in svg and '<rect' not in svg and f'{MAX_BARS + 1} queries' in svg
     assert svg.count('<rect') == 0 and difference_chart(entries[:5], 'm', 'b').count('<rect') == 5
+
+
+def test_rebuilding_the_same_folder_replaces_its_copy(results, tmp_path):
+    site = tmp_path / 'site'
+    build_site([results['first']], site)
+    (results['first'] / 'report.json').unlink()
+    meta = json.loads((results['first'] / 'meta.json').read_text())
+    meta['description'] = 'second run of the same folder'
+    (results['first'] / 'meta.json').write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a re-run of the same folder is an update, not a duplicate
+        build_site([results['first']], site)
+    manifest = json.loads((site / 'manifest.json').read_text())
+    assert len(manifest['sources']) == 1
+    assert 'second run of the same folder' in (site / 'index.html').read_text()
+    assert not (site / 'sources' / manifest['sources'][0]['id'] / 'report.json').exists()
+    assert len(list((site / 'systems').glob('*.html'))) == 4
