@@ -77,8 +77,9 @@ def sig_title(sig: Optional[Dict], baseline: Optional[str]) -> str:
     p = sig['p_corrected'] if sig['p_corrected'] is not None else sig['p']
     verdict = {1: 'significantly better than', -1: 'significantly worse than'}.get(sig['direction'],
                                                                                  'not significantly different from')
-    counts = '' if sig['better'] is None else f'; better on {sig["better"]} queries, worse on {sig["worse"]}'
-    return f'{verdict} the baseline {baseline} (p = {fmt_p(p)}{counts})'
+    details = ([] if p is None else [f'p = {fmt_p(p)}']) + \
+        ([] if sig['better'] is None else [f'better on {sig["better"]} queries, worse on {sig["worse"]}'])
+    return f'{verdict} the baseline {baseline}' + (f' ({"; ".join(details)})' if details else '')
 
 
 def rank_title(cell: Dict, names: Dict[str, str]) -> str:
