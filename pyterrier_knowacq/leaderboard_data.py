@@ -211,9 +211,11 @@ def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData
             claims = [c for c in (data.get('claims', []) if isinstance(data, dict) else data) if isinstance(c, dict)]
         except (ValueError, UnicodeDecodeError) as e:
             problems.append(f'{origin}/report.json is not valid JSON ({e}); its claims are left out')
-    if not collections and not claims:
-        raise FolderProblem(f'results folder {origin} has no readable collection (no <collection>/aggregated.csv) '
-                            'and no report.json; re-run `knowacq run` for it'
+    plots = sorted(p.name for p in folder.glob('plots/*') if p.suffix in ('.png', '.svg') and p.is_file())
+    tables = sorted(p.name for p in folder.glob('tables/*.csv') if p.is_file())
+    if not collections and not claims and not plots and not tables:
+        raise FolderProblem(f'results folder {origin} has no readable collection (no <collection>/aggregated.csv), '
+                            'no report.json and no plots or tables; re-run `knowacq run` for it'
                             + (' (' + '; '.join(problems) + ')' if problems else ''))
     config_file = folder / 'config.yaml'
     if config_file.is_file():
@@ -221,8 +223,6 @@ def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData
     else:
         import yaml
         config_yaml = yaml.safe_dump(meta.get('config') or {}, sort_keys=False, allow_unicode=True)
-    plots = sorted(p.name for p in folder.glob('plots/*') if p.suffix in ('.png', '.svg') and p.is_file())
-    tables = sorted(p.name for p in folder.glob('tables/*.csv') if p.is_file())
     report_md = (folder / 'report.md').read_text(encoding='utf-8', errors='replace') \
         if (folder / 'report.md').is_file() else None
     return ExperimentData(source_id, origin, folder, meta, config_yaml, collections, claims, plots, tables,

@@ -61,8 +61,18 @@ def environment():
     env.filters.update(fmt=fmt, fmt_p=fmt_p, sortv=sort_value,
                        script_json=lambda obj: Markup(script_json(obj)))
     env.globals.update(TAG_KEYS=TAG_KEYS, ALPHA=ALPHA, sig_title=sig_title, sig_mark=sig_mark,
-                       rank_title=rank_title)
+                       rank_title=rank_title, verdict_class=verdict_class)
     return env
+
+
+def verdict_class(verdict) -> str:
+    """A CSS class for a claim's verdict: good (supported / reproduced), bad (contradicted / not ...), or open."""
+    v = str(verdict or '').strip().lower()
+    if v.startswith(('not ', 'contradict', 'refuted', 'opposite', 'failed', 'no ')) or v in ('no', 'fail'):
+        return 'v-bad'
+    if v.startswith(('supported', 'reproduced', 'confirmed', 'yes', 'pass')):
+        return 'v-good'
+    return 'v-open'
 
 
 def sig_mark(sig: Optional[Dict]) -> str:

@@ -414,3 +414,19 @@ def test_rebuilding_the_same_folder_replaces_its_copy(results, tmp_path):
     assert 'second run of the same folder' in (site / 'index.html').read_text()
     assert not (site / 'sources' / manifest['sources'][0]['id'] / 'report.json').exists()
     assert len(list((site / 'systems').glob('*.html'))) == 4
+
+
+def test_analysis_only_folder_gets_a_study_page(results, tmp_path):
+    only = tmp_path / 'probe-analysis'
+    shutil.copytree(results['first'], only)
+    shutil.rmtree(only / 'dl19')
+    (only / 'report.json').unlink()
+    meta = json.loads((only / 'meta.json').read_text())
+    meta.update(study='knowacq', experiment='probes', collections=[], systems=[], timings={})
+    (only / 'meta.json').write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        site = build_site([only, results['first']], tmp_path / 'site').parent
+    page = next((site / 'studies').glob('knowacq-*.html')).read_text()
+    assert 'ndcg-per-query.png' in page and 'ndcg-summary.csv' in page and 'No claims' in page
+    assert 'v-good' in next((site / 'studies').glob('spine-*.html')).read_text()

@@ -49,7 +49,7 @@ def driver():
     if not CHROMIUM or not CHROMEDRIVER:
         pytest.skip('chromium and chromedriver binaries are not installed (CI installs them with '
                     '.ci/install-chromium.sh: Debian packages chromium, chromium-driver)')
-    webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install selenium)')
+    from selenium import webdriver  # a test dependency (setup.cfg [test]): missing selenium is a failure, not a skip
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
