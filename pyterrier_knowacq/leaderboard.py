@@ -30,7 +30,7 @@ from ._util import KnowacqError, atomic_directory
 from .leaderboard_data import FolderProblem, fingerprint, kept_files, read_experiment, read_meta, short_hash, slugify
 from .leaderboard_model import build_systems, build_tables, studies, tag_values
 from .leaderboard_render import (PERQUERY_HEADER, assets_dir, claims_csv, csv_text, difference_chart, environment,
-                                 overview_csv, perquery_rows, public_system, public_table, systems_csv)
+                                 json_clean, overview_csv, perquery_rows, public_system, public_table, systems_csv)
 
 SITE_FORMAT = 'pyterrier_knowacq.leaderboard/1'
 MANIFEST = 'manifest.json'
@@ -196,7 +196,7 @@ def _render(site: Path, manifest, experiments, systems, tables, study_list, prob
                            'experiments': [{**{k: v for k, v in e.items() if k != 'systems'},
                                             'systems': [s['id'] for s in e['systems']]} for e in st['experiments']]}
                           for st in study_list]}
-    write('data/leaderboard.json', json.dumps(export, indent=1, default=str, ensure_ascii=False) + '\n')
+    write('data/leaderboard.json', json.dumps(json_clean(export), indent=1, ensure_ascii=False, allow_nan=False) + '\n')
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -29,10 +29,25 @@ def assets_dir() -> Path:
 
 def script_json(obj) -> str:
     """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>``, ``&`` characters."""
-    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
+    text = json.dumps(json_clean(obj), ensure_ascii=False, sort_keys=True, allow_nan=False)
     for ch, rep in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'), ('\u2028', '\\u2028'), ('\u2029', '\\u2029')):
         text = text.replace(ch, rep)
     return text
+
+
+def json_clean(obj):
+    """Replace NaN / infinity (invalid in strict JSON) by None, recursively; other values unchanged."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, 'item'):  # numpy scalars
+        return json_clean(obj.item())
+    return str(obj)
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -44,7 +59,7 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def fmt_p(p) -> str:
-    if p is None:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
         return '–'
     return f'{p:.2e}' if p < 1e-3 else f'{p:.3f}'
 

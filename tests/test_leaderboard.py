@@ -98,7 +98,9 @@ def write_results_folder(folder: Path, systems: dict, experiment: str = 'dl19-fi
         claims = [{'study': study, 'claim': f'{other} beats {baseline} on nDCG@10', 'paper': 0.717,
                    'ours': float(row['nDCG@10']), 'p_value': float(row['nDCG@10 p-value corrected']),
                    'verdict': 'reproduced' if row['nDCG@10 reject'] else 'not reproduced',
-                   'detail': '<b>not bold</b> paired t-test, Holm'}]
+                   'detail': '<b>not bold</b> paired t-test, Holm'},
+                  {'study': study, 'claim': 'an untestable claim', 'paper': None, 'ours': float('nan'),
+                   'p_value': float('nan'), 'verdict': 'n/a', 'detail': 'no shared queries'}]
         (folder / 'report.json').write_text(json.dumps({'claims': claims}))
         (folder / 'report.md').write_text('| claim |\n|---|\n| <script>alert(1)</script> |\n')
     (folder / 'meta.json').write_text(json.dumps(meta, indent=2))
@@ -275,7 +277,9 @@ def test_all_links_resolve_and_study_page(results, tmp_path):
     study = (site / 'studies').glob('spine-*.html').__next__().read_text()
     assert 'ndcg-per-query.png' in study and 'ndcg-per-query.svg' in study
     assert 'TAS-B beats BM25 on nDCG@10' in study and 'reproduced' in study and '0.717' in study
+    assert 'an untestable claim' in study and 'nan' not in study.lower().replace('nanum', '')
     claims = list(csv.DictReader(open(site / 'data' / 'claims.csv')))
+    json.loads((site / 'data' / 'leaderboard.json').read_text(), parse_constant=lambda c: pytest.fail(f'{c} in JSON'))
     assert claims[0]['claim'] == 'TAS-B beats BM25 on nDCG@10'
     export = json.loads((site / 'data' / 'leaderboard.json').read_text())
     assert {s['name'] for s in export['systems']} >= set(XSS_NAMES) | {'BM25', 'TAS-B'}
