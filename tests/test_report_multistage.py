@@ -24,7 +24,7 @@ def folder(tmp_path, shift):
 
 
 def test_claims_verdicts(tmp_path):
-    f = folder(tmp_path, {'BM25': 0.0, 'BM25 >> C': 0.1, 'BM25 >> D': 0.03, 'BM25 >> C-D': 0.1, 'BM25 >> D-C': 0.1,
+    f = folder(tmp_path, {'BM25': 0.0, 'BM25 >> C @100': 0.12, 'BM25 >> C': 0.1, 'BM25 >> D': 0.03, 'BM25 >> C-D': 0.1, 'BM25 >> D-C': 0.1,
                           'TAS-B': 0.2, 'TAS-B >> C': 0.22, 'TAS-B >> D': 0.1, 'TAS-B >> C-D': 0.22, 'TAS-B >> D-C': 0.3})
     rows = write_report(f)
     v = {r['claim']: r['verdict'] for r in rows}
@@ -34,6 +34,7 @@ def test_claims_verdicts(tmp_path):
     assert v['D->C ≈ C (TAS-B top-k)'] == 'not supported (significantly higher)'
     assert v['D re-ranking TAS-B is below TAS-B alone'] == 'supported'
     assert all('97 queries' in r['detail'] for r in rows)
+    assert rows[0]['ours'].startswith('BM25 >> C @100')
     assert '0.724' in rows[0]['paper'] and (f / 'report.md').read_text().count('\n|') >= len(rows)
     assert all(0 <= r['p_value'] <= 1 for r in rows)
 

@@ -53,3 +53,15 @@ def test_spec_errors():
         validate_spec(dict(SPEC, stages=[{'loss': 'lce'}]))
     with pytest.raises(KnowacqError, match='unknown data keys'):
         validate_spec(dict(SPEC, stages=[{'loss': 'lce', 'steps': 1, 'data': {'runs': 'bm25'}}]))
+
+
+def test_freeze_layers():
+    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.training.stages import _freeze
+    ce = CrossEncoder.new('tiny-bert', pooling='mean')
+    _freeze(ce.model, 1)
+    base = ce.model.backbone
+    assert not any(p.requires_grad for p in base.embeddings.parameters())
+    assert not any(p.requires_grad for p in base.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in base.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in ce.model.head.parameters())

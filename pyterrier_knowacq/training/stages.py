@@ -6,6 +6,7 @@ Spec (the ``models:`` entries of an experiment YAML, or a ``knowacq train FILE``
 
     backbone: minilm-l6          # any backbones.py name; or `init: <folder>` to start from a trained cross-encoder
     pooling: mean                # head pooling of the fresh 1-logit head (cls | mean | last)
+    freeze_layers: 2             # optional: freeze the embeddings and the first 2 layers
     max_length: 128
     queries_per_batch: 4
     validation: {queries: 10, run: bm25, depth: 30}   # carved from the TRAINING split; keeps the best checkpoint
@@ -39,7 +40,8 @@ from .._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
 
 __all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
 
-MODEL_KEYS = {'backbone', 'init', 'pooling', 'max_length', 'queries_per_batch', 'validation', 'stages', 'head_seed'}
+MODEL_KEYS = {'backbone', 'init', 'pooling', 'max_length', 'queries_per_batch', 'validation', 'stages', 'head_seed',
+              'freeze_layers'}
 STAGE_KEYS = {'loss', 'loss_params', 'data', 'lr', 'head_lr', 'steps', 'epochs', 'warmup', 'weight_decay', 'grad_accum',
               'max_grad_norm', 'queries_per_batch', 'eval_every', 'checkpoint_every', 'keep_best'}
 DATA_KEYS = {'run', 'negatives', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth',
@@ -94,6 +96,22 @@ def _validator(spec, dataset, split, val_qids, text_of):
     topics = topics[topics['qid'].astype(str).isin(val_qids)]
     return RerankValidator(topics, dataset.get_qrels(split), _get_run(dataset, v.get('run', 'bm25'), split), text_of,
                            depth=int(v.get('depth', 30)))
+
+
+def _freeze(model, n_layers):
+    """Freeze the embeddings and the first ``n_layers`` transformer layers (no backward through them: faster, and
+    fewer weights to fit on small data). ``None`` trains everything."""
+    if n_layers is None:
+        return
+    backbone = getattr(model, 'backbone', model)
+    base = getattr(backbone, 'base_model', backbone)
+    if hasattr(base, 'embeddings'):
+        base.embeddings.requires_grad_(False)
+    layers = getattr(getattr(base, 'encoder', None), 'layer', None) or getattr(base, 'layers', None)
+    if layers is None:
+        raise KnowacqError(f'freeze_layers: cannot find the transformer layers of {type(base).__name__}; remove freeze_layers')
+    for layer in list(layers)[:int(n_layers)]:
+        layer.requires_grad_(False)
 
 
 def _get_run(dataset, name: str, split, depth: int = 100):
@@ -175,6 +193,7 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
         return t if t is not None else extra_texts[d]
     max_length = int(spec.get('max_length', 128))
     ce.max_length = max_length
+    _freeze(ce.model, spec.get('freeze_layers'))
     task = CrossEncoderTask(ce, stage['loss'], items, text_of, group_size=group_size,
                             queries_per_batch=int(stage.get('queries_per_batch', spec.get('queries_per_batch', 4))),
                             max_length=max_length, seed=seed, targets=targets, select=select,
