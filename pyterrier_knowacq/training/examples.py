@@ -190,6 +190,8 @@ def _slice_index(dataset, extra_texts: Dict[str, str]):
     path = cache_dir('indexes') / f'pisa-{dataset.name}-plus-{key}'
     index = pyterrier_pisa.PisaIndex(str(path), text_field='text')
     if not index.built():
+        from .._util import atomic_directory
+
         def docs():
             seen = set()
             for doc in dataset.get_corpus_iter():
@@ -198,7 +200,9 @@ def _slice_index(dataset, extra_texts: Dict[str, str]):
             for d, t in extra_texts.items():
                 if d not in seen:
                     yield {'docno': d, 'text': t}
-        index.index(docs())
+        with atomic_directory(path, overwrite=True) as tmp:   # concurrent builders never see a half index
+            pyterrier_pisa.PisaIndex(str(tmp), text_field='text', overwrite=True).index(docs())
+        index = pyterrier_pisa.PisaIndex(str(path), text_field='text')
     return index
 
 
