@@ -109,8 +109,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f'[knowacq] warning: {message}', file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
     args = parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         args.fn(args)
     except KnowacqError as e:

@@ -252,6 +252,7 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
             agg = pt.Experiment(results, topics, qrels, measures, **common)
             perq = pt.Experiment(results, topics, qrels, measures, perquery=True, names=names, verbose=False)
             agg.to_csv(coll / 'aggregated.csv', index=False)
+            topics[['qid', 'query']].to_csv(coll / 'topics.tsv', sep='\t', index=False, header=False)
             perq.to_csv(coll / 'perquery.csv', index=False)
             meta['timings'][fold.folder] = timings
             meta['collections'].append({'name': fold.folder, 'dataset': test_ds.name, 'topics': test_split or fold.test,
@@ -260,7 +261,8 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
             _print_table(fold.folder, agg, measures)
         if config.get('analysis'):
             from .analysis.pipeline import run_analysis
-            meta['analysis'] = run_analysis(config['analysis'], tmp, seed=seed, **({'dry_run': True} if dry_run else {}))
+            fold_models = next(iter(meta['models'].values()), {}) if meta['models'] else {}
+            meta['analysis'] = run_analysis(config['analysis'], tmp, seed=seed, dry_run=dry_run, models=fold_models)
         meta['wall_time_s'] = round(time.time() - started, 2)
         atomic_write_json(tmp / 'meta.json', meta)
     return out
