@@ -64,3 +64,14 @@ def test_score_targets_and_validation_split():
     assert t['1']['a'] == 7.0 and t['2']['z'] == 1.0
     tr, va = split_validation([str(i) for i in range(10)], 3, seed=42)
     assert len(va) == 3 and not set(tr) & set(va) and split_validation([str(i) for i in range(10)], 3, 42) == (tr, va)
+
+
+def test_extra_msmarco_train_groups():
+    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.training.examples import extra_groups
+    groups = extra_groups('msmarco-train', get_dataset('msmarco-passage'))
+    assert len(groups) == 110
+    g = groups[-1]
+    assert g.positives and len(g.negatives) == 25 and all(d in g.texts for d in g.positives + g.negatives)
+    with pytest.raises(KnowacqError, match='unknown extra'):
+        extra_groups('msmarco-everything', get_dataset('msmarco-passage'))

@@ -122,3 +122,18 @@ def test_bad_config():
         TrainConfig()
     with pytest.raises(KnowacqError, match='unknown training settings'):
         TrainConfig.from_dict({'max_steps': 3, 'learning_rate': 1})
+
+
+def test_wrong_architecture_checkpoint(tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, step, logs):
+        if step == 4:
+            raise Killed()
+    with pytest.raises(Killed):
+        Trainer(ToyTask(), cfg(), tmp_path, callbacks=[kill]).train()
+    other = ToyTask()
+    other.model = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 1))
+    with pytest.raises(KnowacqError, match='does not fit this model'):
+        Trainer(other, cfg(), tmp_path).train()

@@ -234,7 +234,10 @@ class Trainer:
         folder = self.checkpoint_dir
         state = json.loads((folder / 'state.json').read_text())
         weights = load_file(str(folder / 'model.safetensors'))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as e:           # same names, other shapes
+            missing, unexpected = [str(e).splitlines()[-1].strip()], []
         if missing or unexpected:
             raise KnowacqError(f'the checkpoint in {folder} does not fit this model (missing {list(missing)[:3]}, '
                                f'unexpected {list(unexpected)[:3]}); delete that folder or train into a new output_dir')
