@@ -101,6 +101,4 @@ def test_full_grid_dry_run(cache, tmp_path):
     summary = run_analysis(config['analysis'], tmp_path / 'dry', seed=0, dry_run=True, verbose=False)
     assert summary['dry_run'] and (tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv').exists()
     acc = pd.read_csv(tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv')
-    assert set(acc.doc_model.map(lambda m: Path(m).name if '/' in m else m)) <= {'tiny-bert', 'tiny-llama', 'random:tiny-bert',
-                                                                                 'random:tiny-llama'} | set(acc.doc_model)
     assert not acc.doc_model.str.contains('facebook|bert-base|Llama-2|repllama', case=False).any()

@@ -90,5 +90,11 @@ def test_stats():
     reject, adj = stats.holm([0.01, 0.04, 0.03, np.nan])
     np.testing.assert_allclose(adj[:3], [0.03, 0.06, 0.06])
     assert list(reject[:3]) == [True, False, False] and np.isnan(adj[3])
+    from statsmodels.stats.multitest import multipletests
+    ps = np.random.default_rng(0).uniform(0, 0.1, 12)
+    r_sm, adj_sm, _, _ = multipletests(ps, method='holm')
+    r, a = stats.holm(ps)
+    np.testing.assert_allclose(a, adj_sm)
+    assert list(r) == list(r_sm)
     with pytest.raises(KnowacqError):
         stats.mcnemar_exact(a, b[:5])

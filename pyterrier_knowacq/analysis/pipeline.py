@@ -26,7 +26,8 @@ Section format (see ``experiments/knowacq.yaml``)::
       ig: {groups: [minilm-cls], data: msmarco, texts: 16, steps: 20}
 
 A model is a name (alias, folder, hub id, ``random:``, or a name of the experiment's ``models:`` passed in
-``models``), ``{spec: <bi-encoder spec>}`` (fine-tuned with :func:`~pyterrier_knowacq.training.dense.train_biencoder`,
+``models``), ``{base: M, adapter: LORA}`` (a LoRA adapter merged into its base, e.g. RepLLaMA),
+``{spec: <bi-encoder spec>}`` (fine-tuned with :func:`~pyterrier_knowacq.training.dense.train_biencoder`,
 cached, so the same spec in ``models:`` is trained once), or ``{query: M, doc: M}`` (separate encoders).
 
 Outputs: ``tables/probe_accuracy.csv``, ``tables/probe_n_trend.csv``, ``tables/probe_data.csv``,
@@ -48,7 +49,7 @@ from .._util import KnowacqError, atomic_write_text
 __all__ = ['run_analysis', 'ANALYSIS_KEYS']
 
 ANALYSIS_KEYS = {'n', 'probes', 'test', 'max_length', 'batch_size', 'probe', 'probe_data', 'train', 'groups', 'ig'}
-GROUP_KEYS = {'pooling', 'data', 'layers', 'backbone', 'compare', 'max_length'}
+GROUP_KEYS = {'pooling', 'data', 'layers', 'backbone', 'compare', 'max_length', 'query_prefix', 'doc_prefix'}
 DECODER_HINTS = ('llama', 'smol', 'mistral', 'qwen', 'gpt', 'repllama')
 
 
@@ -83,6 +84,8 @@ def _dry_model(m):
         return _tiny(m)
     if isinstance(m, dict) and 'spec' in m:
         return m   # train_biencoder(dry_run=True) swaps the backbone itself
+    if isinstance(m, dict) and 'adapter' in m:
+        return _tiny(m.get('base', 'llama'))
     if isinstance(m, dict):
         return {k: _tiny(v) for k, v in m.items()}
     return m
@@ -130,9 +133,13 @@ class _Resolver:
                 raise KnowacqError('analysis: a {spec: ...} model needs `train: {dataset, split}` (or dataset/split in the entry)')
             folder = str(train_biencoder(spec, dataset=ds, train_split=split, seed=self.seed, dry_run=self.dry_run))
             return self._folder(folder, pooling)
+        if isinstance(entry, dict) and 'adapter' in entry:
+            name = merged_adapter(entry['base'], entry['adapter'])
+            return name, name, None
         if isinstance(entry, dict):
             if set(entry) != {'query', 'doc'}:
-                raise KnowacqError(f'analysis: a model entry is a name, {{spec: ...}} or {{query: M, doc: M}}; got {entry}')
+                raise KnowacqError(f'analysis: a model entry is a name, {{spec: ...}}, {{base: M, adapter: LORA}} or '
+                                   f'{{query: M, doc: M}}; got {entry}')
             q, d = self.models.get(entry['query'], entry['query']), self.models.get(entry['doc'], entry['doc'])
             return str(q), str(d), None
         name = str(self.models.get(str(entry), entry))
@@ -151,6 +158,29 @@ class _Resolver:
             if meta.get('query_model'):
                 return str(Path(folder) / meta['query_model']), str(folder), str(folder)
         return str(folder), str(folder), None
+
+
+def merged_adapter(base: str, adapter: str) -> str:
+    """A LoRA adapter (e.g. castorini/repllama-v1-7b-lora-passage) merged into its base model, cached as a folder."""
+    import hashlib
+    from .._util import atomic_directory, cache_dir
+    from ..backbones import load_encoder
+    target = cache_dir('models') / ('merged-' + hashlib.sha1(f'{base}|{adapter}'.encode()).hexdigest()[:12])
+    if (target / 'config.json').exists():
+        return str(target)
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise KnowacqError(f'merging the adapter {adapter!r} needs peft: pip install peft') from None
+    model, tok = load_encoder(base)
+    try:
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except OSError as e:
+        raise KnowacqError(f'could not load the LoRA adapter {adapter!r} ({e}); is the hub reachable?') from e
+    with atomic_directory(target, overwrite=True) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return str(target)
 
 
 def _layers(spec, num_layers: int) -> List[int]:
@@ -191,7 +221,8 @@ def _probe_group(gname, g, config, sets, resolve, seed, log) -> List[dict]:
             denc = LayerEncoder(dm, pooling, max_length=max_length, batch_size=int(config.get('batch_size', 32)))
             if qenc.num_layers != denc.num_layers:
                 raise KnowacqError(f'{label}: query and passage encoders have different depths ({qenc.num_layers} vs {denc.num_layers})')
-            qs, ds = qenc.encode(ps.queries), denc.encode(ps.passages)
+            qs = qenc.encode([g.get('query_prefix', '') + t for t in ps.queries])
+            ds = denc.encode([g.get('doc_prefix', '') + t for t in ps.passages])
             layers = _layers(g.get('layers', 'all'), denc.num_layers)
             for n in ns:
                 qi, pi, y = ps.for_n(n)
