@@ -70,7 +70,11 @@ def _smollm2() -> str:
     folder, gguf = _smollm2_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype='float32')
+    import torch
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained: copy its dequantised weights into a plain model of the same config
+    model = type(quantised)(quantised.config)
+    model.load_state_dict({k: v.detach().to(torch.float32) for k, v in quantised.state_dict().items()})
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

@@ -33,3 +33,13 @@ def test_missing_or_bad_folders(tmp_path):
         resolve_model(str(tmp_path / 'nope'))
     with pytest.raises(KnowacqError, match='config.json'):
         resolve_model(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_smollm2_alias_converts_gguf_once_to_a_plain_hf_folder():
+    from pathlib import Path
+    from pyterrier_knowacq.biencoder import BiEncoder
+    path = Path(resolve_model('smollm2-135m'))
+    assert (path / 'config.json').exists() and list(path.glob('*.safetensors'))
+    model = BiEncoder.from_pretrained('smollm2-135m', pooling='last')
+    assert model.append_eos and model.encode_docs(['hello world']).shape == (1, 576)
