@@ -415,18 +415,41 @@ def _load_adapter(backend: str, checkpoint: str, owner: 'ColBERT'):
     return score
 
 
+def _stage_model(ctx, model: str):
+    """The checkpoint a stage uses: a trained model of this fold, a folder or a hub id; dry runs get a tiny ColBERT."""
+    name = ctx.model(model) if hasattr(ctx, 'model') else (getattr(ctx, 'models', None) or {}).get(model, model)
+    if getattr(ctx, 'dry_run', False) and not (Path(str(name)) / 'artifact.metadata').exists():
+        from ._util import cache_dir
+        folder = cache_dir('models') / 'tiny-colbert'
+        if not (folder / 'knowacq.json').exists():
+            ColBERTModel.new('tiny-bert', dim=16, seed=0).save(folder)
+        return str(folder)
+    return str(name)
+
+
 def _register() -> bool:
-    """Register the ``colbert`` experiment stage (a no-op when pyterrier_knowacq.experiment is not importable)."""
+    """Register the ``colbert`` (re-ranker) and ``colbert_retrieve`` (end-to-end) experiment stages; a no-op when
+    pyterrier_knowacq.experiment is not importable."""
     try:
         from .experiment import register_stage
     except Exception:  # the experiment module is optional at import time
         return False
 
     @register_stage('colbert')
-    def build_colbert(ctx, model: str = 'colbert-ir/colbertv2.0', **params):
-        """``colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id."""
-        models = getattr(ctx, 'models', None) or {}
-        return ColBERT(str(models.get(model, model)), **params)
+    def build_colbert(ctx, model: str = 'colbert-ir/colbertv2.0', batch_size: int = 32, doc_maxlen: Optional[int] = None,
+                      query_maxlen: Optional[int] = None, backend: str = 'native'):
+        """``text >> colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id."""
+        return ColBERT(_stage_model(ctx, model), batch_size=batch_size, doc_maxlen=doc_maxlen,
+                       query_maxlen=query_maxlen, backend=backend)
+
+    @register_stage('colbert_retrieve')
+    def build_colbert_retrieve(ctx, model: str = 'colbert-ir/colbertv2.0', k: int = 1000, ncandidates: int = 256,
+                               nprobe: int = 32, batch_size: int = 32):
+        """End-to-end ColBERT retrieval over the dataset's corpus (the token index is built once and cached)."""
+        from .colbert_index import cached_index
+        index = cached_index(ctx.dataset, _stage_model(ctx, model), batch_size=batch_size,
+                             max_docs=2000 if getattr(ctx, 'dry_run', False) else None)
+        return index.retriever(num_results=k, ncandidates=ncandidates, nprobe=nprobe)
     return True
 
 

@@ -28,7 +28,7 @@ import pyterrier_alpha as pta
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .colbert import ColBERTModel, _device
 
-__all__ = ['ColBERTIndex', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature']
+__all__ = ['ColBERTIndex', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature', 'cached_index']
 
 FORMAT = 'pyterrier_knowacq.colbert_index/1'
 
@@ -50,6 +50,26 @@ def _as_model(model) -> ColBERTModel:
     if isinstance(model, ColBERTModel):
         return model
     return ColBERTModel.from_pretrained(model)
+
+
+def cached_index(dataset, model, *, batch_size: int = 32, max_docs: Optional[int] = None) -> 'ColBERTIndex':
+    """The ColBERT index of a dataset's corpus for a model, built on first use under ``cache_dir('indexes')``.
+
+    ``max_docs`` indexes only the first documents (dry runs that check the wiring).
+    """
+    import itertools
+    from ._util import cache_dir
+    from .datasets import get_dataset
+    dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    model = _as_model(model)
+    fp = dataset.corpus_fingerprint() if hasattr(dataset, 'corpus_fingerprint') else dataset.name
+    key = f'{fp}:{model_signature(model)}:{model.config["doc_maxlen"]}' + (f':{max_docs}' if max_docs else '')
+    key = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = cache_dir('indexes') / f'colbert-{dataset.name.replace("/", "_").replace(":", "_")}-{key}'
+    index = ColBERTIndex(path, model, batch_size=batch_size)
+    if not (path / 'meta.json').exists():
+        index.index(itertools.islice(dataset.get_corpus_iter(), max_docs))
+    return index
 
 
 class ColBERTIndex(pta.Artifact, pt.Indexer):

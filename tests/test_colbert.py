@@ -151,9 +151,16 @@ def test_optional_backends_absent(checkpoint, monkeypatch, backend, module):
         ColBERT(checkpoint, backend=backend)
 
 
-def test_stage_registration_is_guarded():
+def test_stages_registered(checkpoint):
     from pyterrier_knowacq import colbert
-    assert colbert._register() in (True, False)
+    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.stages import STAGES, StageContext
+    assert colbert._register() is True and {'colbert', 'colbert_retrieve'} <= set(STAGES)
+    ctx = StageContext(dataset=get_dataset('msmarco-passage'), split='dl19', models={'C': str(checkpoint)})
+    stage = STAGES['colbert'](ctx, model='C', batch_size=4)
+    assert isinstance(stage, ColBERT) and stage == ColBERT(checkpoint, batch_size=4)
+    dry = STAGES['colbert'](StageContext(dataset=ctx.dataset, dry_run=True), model='colbert-ir/colbertv2.0')
+    assert dry.model.config['dim'] == 16
 
 
 def test_training_on_shared_trainer_is_seeded(tmp_path, monkeypatch):
