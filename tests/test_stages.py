@@ -65,3 +65,21 @@ def test_freeze_layers():
     assert not any(p.requires_grad for p in base.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in base.encoder.layer[1].parameters())
     assert all(p.requires_grad for p in ce.model.head.parameters())
+
+
+def test_teacher_scores_cached_run(cache):
+    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.training.teachers import score_run, teacher_scores
+    ds = get_dataset('msmarco-passage')
+    run = ds.get_run('bm25', 'dl19')
+    small = run[run['qid'].isin(sorted(run['qid'].unique())[:2]) & (run['rank'] < 3)]
+    from pyterrier_knowacq.crossencoder import CrossEncoder
+    ce = CrossEncoder.new('tiny-bert', pooling='mean', max_length=32)
+    out = score_run(ce, ds, small, 'dl19', depth=3, name='tiny-ce')
+    assert len(out) == 6 and set(out.columns) >= {'qid', 'docno', 'score', 'rank'}
+    files = list((cache / 'runs' / 'teachers').glob('*.trec.gz'))
+    assert len(files) == 1
+    again = score_run(None, ds, small, 'dl19', depth=3, name='tiny-ce')   # served from the cached run file
+    assert again['score'].round(5).tolist() == out['score'].round(5).tolist()
+    targets = teacher_scores('rankgpt-3.5', ds, 'dl19', 'bm25')
+    assert len(targets) == 43 and all(len(v) == 100 for v in targets.values())
