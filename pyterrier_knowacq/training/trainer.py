@@ -335,10 +335,10 @@ class Trainer:
                     model.train()
                     record.update({f'val_{k}': v for k, v in metrics.items()})
                     value = metrics.get(cfg.metric)
-                    if value is None:
+                    if value is None and metrics:
                         raise KnowacqError(f'validate() returned {sorted(metrics)} but the metric to keep the best '
                                            f'checkpoint is {cfg.metric!r}; set TrainConfig.metric to one of them')
-                    if cfg.keep_best and (best is None or value > best):
+                    if value is not None and cfg.keep_best and (best is None or value > best):
                         best = float(value)
                         self._save_model(best_dir)
                 self._barrier()
