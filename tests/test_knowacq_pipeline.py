@@ -64,6 +64,29 @@ def test_run_analysis_writes_tables_and_plots(cache, tmp_path):
     again = run_analysis(CONFIG, tmp_path / 'res2', seed=1, verbose=False)
     pd.testing.assert_frame_equal(acc, pd.read_csv(tmp_path / 'res2' / 'tables' / 'probe_accuracy.csv'))
     assert again['last_layer_accuracy'] == summary['last_layer_accuracy']
+    _check_report(out)
+
+
+def _check_report(out):
+    """report_knowacq reads the tables (plus meta.json / perquery.csv for the retrieval part of the random control)."""
+    from pyterrier_knowacq.report_knowacq import claims
+    systems = [{'name': 'FT', 'tags': {'backbone': 'tiny-bert', 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': 'bm25'}},
+               {'name': 'RND', 'tags': {'backbone': 'random:tiny-bert', 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': 'bm25'}}]
+    (out / 'meta.json').write_text(json.dumps({'study': 'knowacq', 'systems': systems, 'collections': [{'name': 'dl19'}]}))
+    (out / 'dl19').mkdir()
+    rows = [(n, str(q), 'nDCG@10', v) for q in range(10) for n, v in (('FT', 0.5 + q / 40), ('RND', 0.1 + q / 100))]
+    pd.DataFrame(rows, columns=['name', 'qid', 'measure', 'value']).to_csv(out / 'dl19' / 'perquery.csv', index=False)
+    result = claims(out)
+    keys = {'study', 'claim', 'paper', 'ours', 'p_value', 'verdict', 'detail'}
+    assert all(set(c) == keys for c in result) and len(result) == 6
+    by = {c['claim'].split(' ')[0]: c for c in result}
+    rnd = [c for c in result if c['claim'].startswith('pre-training')][0]
+    assert rnd['verdict'] == 'consistent' and rnd['p_value'] < 0.001 and '0.613 vs random-init 0.145' in rnd['ours']
+    measured = [c['verdict'] != 'not measured' for c in result]
+    # the test config has a mean group with a fine-tuned model, but no cls group and no fine-tuned decoder
+    assert measured == [False, True, True, False, True, True], by
+    fall = [c for c in result if c['claim'].startswith('probe accuracy falls')][0]
+    assert 0 <= fall['p_value'] <= 1
 
 
 def test_bad_analysis_sections(cache, tmp_path):
