@@ -134,7 +134,7 @@ def claims(folder) -> List[Dict]:
         p = float(sub['p_holm'].min())
         verdict = 'consistent' if (max_diff <= NEAR or n_sig == 0) else 'not consistent'
         out.append(_claim('mean', 'mean-pooled curves of backbone and fine-tuned model nearly equal (concatenation probe)',
-                          f'{g}/{data}, {model}: max |Δ| {max_diff:.3f} over {sub.layer.nunique()} layers x N={sorted(sub.n.unique())}; '
+                          f'{g}/{data}, {model}: max |Δ| {max_diff:.3f} over {sub.layer.nunique()} layers x N={sorted(int(n) for n in sub.n.unique())}; '
                           f'{n_sig} of {len(sub)} layer tests significant', p, verdict,
                           f'smallest Holm-adjusted p {p:.3g}; nearly equal = |Δ| <= {NEAR} or no significant layer'))
     else:

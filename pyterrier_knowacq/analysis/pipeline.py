@@ -57,7 +57,7 @@ def _tiny(name: str) -> str:
     random = name.startswith('random:')
     base = name[len('random:'):] if random else name
     tiny = 'tiny-llama' if any(h in base.lower() for h in DECODER_HINTS) else 'tiny-bert'
-    return f'random:{tiny}' if random else tiny
+    return f'random:{tiny}@1' if random else tiny   # @1: random:tiny-bert@0 has tiny-bert's very weights
 
 
 def _dry(config: Dict) -> Dict:

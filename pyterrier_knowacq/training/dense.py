@@ -152,13 +152,12 @@ class BiEncoderTask:
 
 
 def _dry_backbone(name: str) -> str:
-    from ..backbones import ALIASES
     base = name[len('random:'):] if name.startswith('random:') else name
     if base in ('tiny-bert', 'tiny-llama'):
         return name
     decoder = any(k in base.lower() for k in ('llama', 'smol', 'mistral', 'qwen', 'gpt'))
     tiny = 'tiny-llama' if decoder else 'tiny-bert'
-    return f'random:{tiny}' if name.startswith('random:') or (base not in ALIASES and 'random' in base) else tiny
+    return f'random:{tiny}@1' if name.startswith('random:') else tiny   # @1: random:tiny-bert@0 == tiny-bert
 
 
 def _groups(spec, dataset, split, seed):
