@@ -117,6 +117,7 @@ def test_shipped_experiments_parse(name):
             validate_dense_spec(dict(spec))
 
 
+@pytest.mark.slow
 def test_full_grid_dry_run(cache, tmp_path):
     """knowacq-full.yaml (hub models, GPU grid) runs on CPU with tiny random models and a few examples."""
     from pyterrier_knowacq.analysis.pipeline import run_analysis

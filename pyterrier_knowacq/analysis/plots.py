@@ -68,8 +68,8 @@ def ig_heatmap(shares: Dict[str, Dict[str, np.ndarray]], folder: Path, stem: str
     """``shares``: model -> {dense layer name -> per-neuron share of examples active}."""
     plt = _plt()
     models = list(shares)
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1.2 + 0.28 * max(len(v) for v in shares.values()) * len(models)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1.2 + 0.35 * max(len(v) for v in shares.values()) * len(models)),
+                             squeeze=False, constrained_layout=True)
     im = None
     for ax, m in zip(axes[:, 0], models):
         layers = list(shares[m])
