@@ -143,11 +143,11 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
                             D, keep = D.float().cpu().numpy(), keep.cpu().numpy()
                             for row, j in enumerate(sel):
                                 vecs[j] = D[row][keep[row]].astype(np.float16)
+                            bar.update(len(sel))
                     for rec, v in zip(chunk, vecs):
                         f_tok.write(v.tobytes())
                         f_docno.write(rec['docno'] + '\n')
                         doclens.append(len(v))
-                    bar.update(len(chunk))
                     chunk.clear()
 
                 for rec in inp:
