@@ -197,15 +197,30 @@ def _apply_lora(model, lora: Dict[str, Any]):
     return get_peft_model(model, cfg)
 
 
+def _strip_gguf(model):
+    """Models dequantised from GGUF (smollm2-135m) keep a gguf ``quantization_config`` that blocks ``save_pretrained``;
+    their weights are plain fp32, so drop the marker."""
+    quant = getattr(model.config, 'quantization_config', None)
+    if quant is not None and 'gguf' in type(getattr(model, 'hf_quantizer', None)).__name__.lower():
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    return model
+
+
 def build_biencoder(spec: Dict[str, Any], seed: int = 42):
     """The untrained :class:`~pyterrier_knowacq.biencoder.BiEncoder` a spec starts from."""
     from ..backbones import load_encoder, resolve_model
     from ..biencoder import BiEncoder
     torch.manual_seed(seed)
     model, tok = load_encoder(spec['backbone'])
+    model = _strip_gguf(model)
     qmodel = None
     if not spec.get('shared', True):
-        qmodel, _ = load_encoder(spec.get('query_backbone') or spec['backbone'])
+        qmodel = _strip_gguf(load_encoder(spec.get('query_backbone') or spec['backbone'])[0])
     pooling = spec.get('pooling', 'cls')
     bienc = BiEncoder(model, tok, pooling=pooling, query_model=qmodel, normalize=bool(spec.get('normalize', False)),
                       name=str(resolve_model(spec['backbone'])), max_length=int(spec.get('max_length', 128)),
