@@ -59,7 +59,10 @@ def atomic_directory(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     if path.exists() and not overwrite:
         raise KnowacqError(f'{path} already exists; remove it or pass overwrite=True')
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.partial'))
+    for stale in path.parent.glob(f'.{path.name}.*.partial'):
+        if _owner_gone(stale):  # left by a run that was killed hard (SIGKILL, power loss)
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.partial'))
     try:
         yield tmp
         if path.exists():
@@ -73,6 +76,20 @@ def atomic_directory(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _owner_gone(partial: Path) -> bool:
+    parts = partial.name.split('.')
+    pid = next((int(p) for p in parts if p.isdigit()), None)
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return pid == os.getpid()
 
 
 def offline() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     import warnings
     args = parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    # a plain `kill` becomes SystemExit, so atomic writers remove their partial folders on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.fn(args)
     except KnowacqError as e:

@@ -108,3 +108,33 @@ def test_quickstart_minilm_beats_bm25(tmp_path):
     assert agg.loc['BM25', 'nDCG@10'] == pytest.approx(0.5058, abs=1e-4)
     assert agg.loc['BM25 >> MiniLM bi-encoder', 'nDCG@10'] > 0.6
     assert agg.loc['BM25 >> MiniLM bi-encoder', 'nDCG@10 p-value'] < 0.05
+
+
+def test_killed_run_leaves_nothing_and_stale_partials_are_swept(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pyterrier_knowacq._util import atomic_directory
+    stale = tmp_path / '.res.999999999.abc.partial'
+    stale.mkdir()
+    with atomic_directory(tmp_path / 'res') as tmp:
+        (tmp / 'x').write_text('1')
+    assert not stale.exists() and (tmp_path / 'res' / 'x').exists()
+    slow = _write(tmp_path, GOOD.replace('k=5', 'k=100'))
+    proc = subprocess.Popen([sys.executable, '-m', 'pyterrier_knowacq.cli', 'run', str(slow), '-o', str(tmp_path / 'killed')],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = False
+    for line in proc.stdout:
+        if 'dl19: BM25 >> tiny' in line:
+            seen = True
+            break
+    assert seen, 'the run ended before reaching the neural stage'
+    time.sleep(0.5)
+    assert proc.poll() is None and list(tmp_path.glob('.killed*'))  # mid-run: only the partial folder exists
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not (tmp_path / 'killed').exists()
+    assert not list(tmp_path.glob('.killed*'))
