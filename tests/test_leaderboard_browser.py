@@ -172,6 +172,23 @@ def test_quickstart_site_in_headless_chromium(driver, tmp_path, capsys):
     out = capsys.readouterr().out
     index = site / 'index.html'
     assert f'[knowacq] leaderboard: {index.resolve()}' in out
+    _check_quickstart_site(driver, index, tmp_path)
+
+
+def test_quickstart_file_site_in_headless_chromium(driver, tmp_path, capsys):
+    """The quickstart experiment file on two topics per collection, then `knowacq leaderboard`, checked in Chromium."""
+    from pathlib import Path
+    from pyterrier_knowacq.cli import main as knowacq
+    quickstart = Path(__file__).resolve().parents[1] / 'experiments' / 'quickstart.yaml'
+    results, site = tmp_path / 'quickstart', tmp_path / 'site'
+    assert knowacq(['run', str(quickstart), '-o', str(results), '--limit-topics', '2']) == 0
+    assert knowacq(['leaderboard', str(results), '-o', str(site)]) == 0
+    index = site / 'index.html'
+    assert f'[knowacq] leaderboard: {index.resolve()}' in capsys.readouterr().out
+    _check_quickstart_site(driver, index, tmp_path)
+
+
+def _check_quickstart_site(driver, index, tmp_path):
     driver.get(index.resolve().as_uri())
     tables = driver.find_elements('css selector', 'table.lb[data-table]')
     assert len(tables) == 2  # dl19 and dl20
