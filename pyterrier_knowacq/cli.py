@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ._util import KnowacqError
 
-REPO_EXPERIMENTS = Path(__file__).resolve().parent.parent / 'experiments'
+# a link to the repository's experiments/ folder, so wheels ship the experiment files too
+REPO_EXPERIMENTS = Path(__file__).resolve().parent / 'experiments'
 
 
 def _experiment_file(name: str) -> Path:
