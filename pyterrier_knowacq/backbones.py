@@ -66,6 +66,7 @@ def _smollm2_gguf() -> Tuple[str, str]:
 def _smollm2() -> str:
     target = cache_dir('models') / 'smollm2-135m'
     if (target / 'config.json').exists():
+        _drop_quantization_marker(target / 'config.json')
         return str(target)
     folder, gguf = _smollm2_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,12 +74,23 @@ def _smollm2() -> str:
     import torch
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     # a GGUF-loaded model refuses save_pretrained: copy its dequantised weights into a plain model of the same config
-    model = type(quantised)(quantised.config)
+    config = quantised.config
+    if hasattr(config, 'quantization_config'):
+        del config.quantization_config  # the weights are plain fp32 now; the marker would block save_pretrained later
+    model = type(quantised)(config)
     model.load_state_dict({k: v.detach().to(torch.float32) for k, v in quantised.state_dict().items()})
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     return str(target)
+
+
+def _drop_quantization_marker(config_file: Path) -> None:
+    import json
+    from ._util import atomic_write_json
+    config = json.loads(config_file.read_text())
+    if config.pop('quantization_config', None) is not None:
+        atomic_write_json(config_file, config)
 
 
 def _tiny(name: str, build_config, tokenizer_source: Callable[[], str]) -> str:
