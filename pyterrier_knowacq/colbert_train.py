@@ -102,13 +102,8 @@ class ColBERTTask:
         self.teacher, self.head_lr, self.train_doc_maxlen = teacher or {}, head_lr, int(train_doc_maxlen)
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> List[list]:
-        from .training.examples import sample_group
-        rng = random.Random(self.seed + epoch)
-        order = list(range(len(self.groups)))
-        rng.shuffle(order)
-        items = [sample_group(self.groups[i], self.negatives, rng) for i in order]
-        batches = [items[i:i + self.qpb] for i in range(0, len(items) - self.qpb + 1, self.qpb)] or [items]
-        return batches[rank::world_size]
+        from .training.examples import sampled_group_batches
+        return sampled_group_batches(self.groups, self.negatives, self.qpb, self.seed, epoch, rank, world_size)
 
     def batch_ids(self, batch):
         return [qid for qid, _, _ in batch]

@@ -107,13 +107,8 @@ class BiEncoderTask:
         self.seed = seed
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> List[list]:
-        from .examples import sample_group
-        rng = random.Random(self.seed + epoch)
-        order = list(range(len(self.groups)))
-        rng.shuffle(order)
-        items = [sample_group(self.groups[i], self.negatives, rng) for i in order]
-        batches = [items[i:i + self.qpb] for i in range(0, len(items) - self.qpb + 1, self.qpb)] or [items]
-        return batches[rank::world_size]
+        from .examples import sampled_group_batches
+        return sampled_group_batches(self.groups, self.negatives, self.qpb, self.seed, epoch, rank, world_size)
 
     def _encode(self, model, texts, role):
         from .._batching import pad_batch

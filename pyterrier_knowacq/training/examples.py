@@ -127,6 +127,23 @@ def sample_group(group: Group, negatives: int, rng: random.Random) -> Tuple[str,
     return group.qid, group.query, [pos] + neg
 
 
+def sampled_group_batches(groups: Sequence[Group], negatives: int, queries_per_batch: int, seed: int, epoch: int,
+                          rank: int = 0, world_size: int = 1) -> List[list]:
+    """One epoch of ``sample_group`` items in batches of ``queries_per_batch``, shuffled by (seed, epoch), this rank's share.
+
+    Every rank gets the same number of batches (the tail is dropped), so DDP processes never wait on each other.
+    """
+    rng = random.Random(seed + epoch)
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    items = [sample_group(groups[i], negatives, rng) for i in order]
+    batches = [items[i:i + queries_per_batch] for i in range(0, len(items) - queries_per_batch + 1, queries_per_batch)] or [items]
+    if world_size > 1:
+        batches = batches[:max(world_size, len(batches) - len(batches) % world_size)]
+        batches = (batches * world_size)[:max(world_size, len(batches))]
+    return batches[rank::world_size]
+
+
 def teacher_lists(topics: pd.DataFrame, runs: Sequence[pd.DataFrame], *, qids: Optional[Sequence[str]] = None,
                   known_docnos=None) -> List[TeacherList]:
     """One teacher ordering per (query, run): docnos sorted by the teacher's rank (or score)."""
