@@ -16,6 +16,16 @@ class KnowacqError(ValueError):
     """An error in user input (config, data, model name) with a message that names the problem and the fix."""
 
 
+def check_keys(mapping, allowed, label: str) -> None:
+    """Raise ``KnowacqError('<label> [bad keys] (did you mean ...); allowed: [...]')`` for keys outside ``allowed``."""
+    import difflib
+    bad = sorted(set(mapping) - set(allowed), key=str)
+    if bad:
+        close = difflib.get_close_matches(str(bad[0]), [str(a) for a in allowed], n=1)
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        raise KnowacqError(f'{label} {bad}{hint}; allowed: {sorted(allowed)}')
+
+
 def cache_dir(*parts: str) -> Path:
     """Where converted models, indexes and cached runs live (``$KNOWACQ_CACHE`` or ``~/.cache/pyterrier_knowacq``)."""
     root = Path(os.environ.get('KNOWACQ_CACHE', Path.home() / '.cache' / 'pyterrier_knowacq'))

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
+from ._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
 
 __all__ = ['train_colbert', 'ColBERTTask', 'DEFAULT_SPEC', 'validate_colbert_spec']
 VERSION = 1
@@ -62,13 +62,9 @@ def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """Fill defaults and check keys and values; raises :class:`KnowacqError` naming the bad setting."""
     spec = dict(spec or {})
     spec.pop('kind', None)
-    unknown = set(spec) - set(DEFAULT_SPEC)
-    if unknown:
-        raise KnowacqError(f'unknown ColBERT training settings {sorted(unknown)}; known: {sorted(DEFAULT_SPEC)}')
+    check_keys(spec, DEFAULT_SPEC, 'unknown ColBERT training settings')
     data = dict(spec.get('data') or {})
-    bad = set(data) - DATA_KEYS
-    if bad:
-        raise KnowacqError(f'unknown ColBERT data settings {sorted(bad)}; known: {sorted(DATA_KEYS)}')
+    check_keys(data, DATA_KEYS, 'unknown ColBERT data settings')
     spec = {**copy.deepcopy(DEFAULT_SPEC), **spec, 'data': {**DEFAULT_SPEC['data'], **data}}
     for key in ('dim', 'queries_per_batch', 'query_maxlen', 'doc_maxlen', 'train_doc_maxlen'):
         if not isinstance(spec[key], int) or spec[key] < 1:

@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from .._util import KnowacqError, atomic_write_text
+from .._util import KnowacqError, atomic_write_text, check_keys
 
 __all__ = ['run_analysis', 'ANALYSIS_KEYS']
 
@@ -94,17 +94,13 @@ def _dry_model(m):
 def _check(config: Dict):
     if not isinstance(config, dict):
         raise KnowacqError(f'analysis: must be a mapping, got {type(config).__name__}')
-    bad = set(config) - ANALYSIS_KEYS
-    if bad:
-        raise KnowacqError(f'analysis: unknown keys {sorted(bad)}; allowed: {sorted(ANALYSIS_KEYS)}')
+    check_keys(config, ANALYSIS_KEYS, 'analysis: unknown keys')
     if not config.get('groups'):
         raise KnowacqError('analysis: needs `groups:` (name -> {pooling, data, backbone, compare})')
     if not config.get('probe_data'):
         raise KnowacqError('analysis: needs `probe_data:` (name -> {dataset, split, ...} or {dpr_json: ...})')
     for name, g in config['groups'].items():
-        bad = set(g) - GROUP_KEYS
-        if bad:
-            raise KnowacqError(f'analysis group {name!r}: unknown keys {sorted(bad)}; allowed: {sorted(GROUP_KEYS)}')
+        check_keys(g, GROUP_KEYS, f'analysis group {name!r}: unknown keys')
         if 'backbone' not in g:
             raise KnowacqError(f'analysis group {name!r}: needs `backbone:` (the pre-trained model every other is compared with)')
         for d in g.get('data') or list(config['probe_data']):

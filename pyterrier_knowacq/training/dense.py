@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
+from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
 
 __all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS']
 
@@ -53,16 +53,12 @@ VERSION = 1
 def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(spec, dict):
         raise KnowacqError(f'a bi-encoder spec must be a mapping, got {type(spec).__name__}')
-    bad = set(spec) - DENSE_KEYS
-    if bad:
-        raise KnowacqError(f'unknown bi-encoder spec keys {sorted(bad)}; allowed: {sorted(DENSE_KEYS)}')
+    check_keys(spec, DENSE_KEYS, 'unknown bi-encoder spec keys')
     if not spec.get('backbone'):
         raise KnowacqError('a bi-encoder spec needs `backbone:` (e.g. minilm-l6, random:minilm-l6, smollm2-135m)')
     if not spec.get('steps') and not spec.get('epochs'):
         raise KnowacqError('a bi-encoder spec needs `steps:` or `epochs:`')
-    bad = set(spec.get('data') or {}) - DATA_KEYS
-    if bad:
-        raise KnowacqError(f'unknown bi-encoder data keys {sorted(bad)}; allowed: {sorted(DATA_KEYS)}')
+    check_keys(spec.get('data') or {}, DATA_KEYS, 'unknown bi-encoder data keys')
     if float(spec.get('temperature', 0.05)) <= 0:
         raise KnowacqError(f'temperature must be > 0, got {spec.get("temperature")}')
     if spec.get('query_backbone') and spec.get('shared', True):

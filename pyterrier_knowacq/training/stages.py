@@ -36,7 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
+from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
 
 __all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
 
@@ -53,9 +53,7 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Check a model spec's keys and fill defaults; raises :class:`KnowacqError` naming the bad key."""
     if not isinstance(spec, dict):
         raise KnowacqError(f'a model spec must be a mapping, got {type(spec).__name__}')
-    bad = set(spec) - MODEL_KEYS
-    if bad:
-        raise KnowacqError(f'unknown model spec keys {sorted(bad)}; allowed: {sorted(MODEL_KEYS)}')
+    check_keys(spec, MODEL_KEYS, 'unknown model spec keys')
     if not spec.get('backbone') and not spec.get('init'):
         raise KnowacqError('a model spec needs `backbone:` (e.g. minilm-l6) or `init:` (a trained cross-encoder folder)')
     stages = spec.get('stages')
@@ -65,16 +63,12 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
             raise KnowacqError(f'stage {i + 1} must be a mapping')
-        bad = set(st) - STAGE_KEYS
-        if bad:
-            raise KnowacqError(f'stage {i + 1}: unknown keys {sorted(bad)}; allowed: {sorted(STAGE_KEYS)}')
+        check_keys(st, STAGE_KEYS, f'stage {i + 1}: unknown keys')
         if st.get('loss') not in LOSSES:
             raise KnowacqError(f'stage {i + 1}: loss {st.get("loss")!r} is not one of {sorted(LOSSES)}')
         if not st.get('steps') and not st.get('epochs'):
             raise KnowacqError(f'stage {i + 1}: give `steps:` or `epochs:`')
-        bad = set(st.get('data') or {}) - DATA_KEYS
-        if bad:
-            raise KnowacqError(f'stage {i + 1}: unknown data keys {sorted(bad)}; allowed: {sorted(DATA_KEYS)}')
+        check_keys(st.get('data') or {}, DATA_KEYS, f'stage {i + 1}: unknown data keys')
     return spec
 
 
