@@ -145,10 +145,8 @@ class CrossEncoder(pt.Transformer):
         folder = Path(folder)
         from safetensors.torch import save_file
         with atomic_directory(folder, overwrite=True) as tmp:
-            if self.model.classifier:
-                self.model.backbone.save_pretrained(tmp, safe_serialization=True)
-            else:
-                self.model.backbone.save_pretrained(tmp, safe_serialization=True)
+            self.model.backbone.save_pretrained(tmp, safe_serialization=True)
+            if not self.model.classifier:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()},
                           str(tmp / 'head.safetensors'))
                 atomic_write_json(tmp / META, {'kind': 'cross-encoder', 'pooling': self.model.pooling_name})

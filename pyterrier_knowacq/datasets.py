@@ -69,7 +69,6 @@ def read_run(path) -> pd.DataFrame:
             raise KnowacqError(f'{path}:{n} is not a TREC run line (qid Q0 docno rank score tag): {line[:80]!r}')
         rows.append((parts[0], parts[2], float(parts[4])))
     df = pd.DataFrame(rows, columns=['qid', 'docno', 'score'])
-    df['rank'] = df.groupby('qid').cumcount()
     df = df.sort_values(['qid', 'score'], ascending=[True, False], kind='stable')
     df['rank'] = df.groupby('qid').cumcount()
     return df.reset_index(drop=True)
