@@ -84,3 +84,40 @@ def test_bad_specs(cache):
         train_biencoder({'backbone': 'tiny-bert'}, dataset='msmarco-passage', train_split='dl20')
     with pytest.raises(KnowacqError, match='cls'):
         train_biencoder({'backbone': 'tiny-llama', 'pooling': 'cls', 'steps': 1}, dataset='msmarco-passage', train_split='dl20')
+
+
+def test_validation_keeps_best_checkpoint(cache):
+    """`validation:` holds queries of the training split out of training, re-ranks their BM25 top-depth every
+    eval_every steps and keeps the best checkpoint; training.json records it all."""
+    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.training.dense import PairScorer, _groups, _validation, train_biencoder
+    ds = get_dataset('msmarco-passage')
+    spec = {'backbone': 'tiny-bert', 'pooling': 'mean', 'steps': 4, 'eval_every': 2, 'lr': 1e-3, 'queries_per_batch': 2,
+            'negatives': 1, 'data': {'max_queries': 6, 'rel_threshold': 2},
+            'validation': {'queries': 3, 'run': 'bm25', 'depth': 5}}
+    train_qids, val_qids, validator = _validation(spec, ds, 'dl20', 7)
+    assert len(val_qids) == 3 and set(val_qids) <= set(ds.get_qrels('dl20')['qid'])   # carved from the training fold
+    assert not set(val_qids) & set(ds.get_qrels('dl19')['qid'])                        # never from the test fold
+    assert not {g.qid for g in _groups(spec, ds, 'dl20', 7, qids=train_qids)} & set(val_qids)
+    folder = train_biencoder(spec, dataset='msmarco-passage', train_split='dl20', seed=7)
+    info = json.loads((folder / 'training.json').read_text())
+    assert info['validation_qids'] == val_qids and info['selected'] == 'best' and info['eval_every'] == 2
+    vals = [h['val_nDCG@10'] for h in info['history'] if 'val_nDCG@10' in h]
+    assert [h['step'] for h in info['history'] if 'val_nDCG@10' in h] == [2, 4]
+    assert info['best_metric'] == pytest.approx(max(vals))
+    kept = validator(PairScorer(BiEncoder.from_pretrained(str(folder), device='cpu')))   # the kept model is the best one
+    assert kept['nDCG@10'] == pytest.approx(info['best_metric'], abs=1e-5)
+
+
+@pytest.mark.parametrize('extra,match', [
+    ({'validation': {'querys': 3}}, "unknown bi-encoder validation keys.*did you mean 'queries'"),
+    ({'validation': {'queries': 0}}, 'whole number >= 1'),
+    ({'validation': {'queries': 3, 'depth': 'x'}}, 'validation depth'),
+    ({'validation': 10}, 'must be a mapping'),
+    ({'eval_every': 5}, 'needs `validation'),
+])
+def test_bad_validation_specs(cache, extra, match):
+    from pyterrier_knowacq.training.dense import validate_dense_spec
+    with pytest.raises(KnowacqError, match=match):
+        validate_dense_spec({'backbone': 'tiny-bert', 'steps': 1, **extra})

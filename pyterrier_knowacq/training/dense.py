@@ -15,10 +15,15 @@ Spec (a ``models:`` entry with ``kind: bi-encoder`` in an experiment YAML)::
     data: {run: bm25, depth: 30, rel_threshold: 1, neg_max_label: null, per_positive: false, extra: []}
     lr: 2.0e-5
     steps: 100                   # or epochs
+    validation: {queries: 10, run: bm25, depth: 30}   # optional: carved from the TRAINING split; best checkpoint kept
+    eval_every: 25               # validation interval in steps (default: a quarter of the steps)
     lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [q_proj, v_proj]}   # optional (decoders), needs peft
 
-``run: bm25`` uses the dataset's shipped BM25 run when it has one, else PISA BM25 over its corpus. The trained model
-is cached by a hash of (spec, dataset, split, seed); the returned folder loads with
+``run: bm25`` uses the dataset's shipped BM25 run when it has one, else PISA BM25 over its corpus. With
+``validation:``, ``queries`` judged queries of the training split are held out of the training groups (seeded
+carve); every ``eval_every`` steps the model re-ranks their ``run`` top-``depth`` and the checkpoint with the best
+nDCG@10 is kept (``training.json`` records the held-out ids, the best value and which checkpoint was selected).
+The trained model is cached by a hash of (spec, dataset, split, seed); the returned folder loads with
 ``BiEncoder.from_pretrained(folder)`` and ``FlexIndex``.
 
 Example::
@@ -45,8 +50,10 @@ __all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_sp
 
 DENSE_KEYS = {'kind', 'backbone', 'query_backbone', 'shared', 'pooling', 'temperature', 'normalize', 'max_length',
               'query_max_length', 'queries_per_batch', 'negatives', 'data', 'lr', 'steps', 'epochs', 'warmup',
-              'weight_decay', 'grad_accum', 'max_grad_norm', 'lora', 'checkpoint_every', 'description'}
+              'weight_decay', 'grad_accum', 'max_grad_norm', 'lora', 'checkpoint_every', 'description',
+              'validation', 'eval_every'}
 DATA_KEYS = {'run', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth', 'max_queries'}
+VALIDATION_KEYS = {'queries', 'run', 'depth'}
 VERSION = 1
 
 
@@ -63,6 +70,20 @@ def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         raise KnowacqError(f'temperature must be > 0, got {spec.get("temperature")}')
     if spec.get('query_backbone') and spec.get('shared', True):
         raise KnowacqError('query_backbone needs shared: false (a separate query encoder)')
+    val = spec.get('validation')
+    if val is not None:
+        if not isinstance(val, dict):
+            raise KnowacqError(f'validation must be a mapping such as {{queries: 10, run: bm25, depth: 30}}, got {val!r}')
+        check_keys(val, VALIDATION_KEYS, 'unknown bi-encoder validation keys')
+        for key, default in (('queries', None), ('depth', 30)):
+            value = val.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise KnowacqError(f'validation {key} must be a whole number >= 1 (held-out training queries / '
+                                   f'candidates re-ranked per query), got {value!r}')
+    if spec.get('eval_every') is not None and (not isinstance(spec['eval_every'], int) or spec['eval_every'] < 1):
+        raise KnowacqError(f'eval_every must be a whole number of steps >= 1, got {spec["eval_every"]!r}')
+    if spec.get('eval_every') and not val:
+        raise KnowacqError('eval_every needs `validation: {queries: N, run: bm25, depth: D}` (nothing to evaluate)')
     return spec
 
 
@@ -89,7 +110,7 @@ class BiEncoderTask:
     passage of the batch (its hard negatives and the other queries' passages)."""
 
     def __init__(self, bienc, groups, text_of, *, negatives: int = 3, queries_per_batch: int = 8,
-                 temperature: float = 0.05, seed: int = 42):
+                 temperature: float = 0.05, seed: int = 42, validator=None):
         from .losses import get_loss
         self.bienc = bienc
         self.model = DualEncoder(bienc.model, bienc.query_model, bienc.pooling_name, bienc.normalize)
@@ -101,6 +122,7 @@ class BiEncoderTask:
         self.qpb = int(queries_per_batch)
         self.loss_fn = get_loss('infonce', tau=float(temperature))
         self.seed = seed
+        self.validator = validator
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> List[list]:
         from .examples import sampled_group_batches
@@ -129,6 +151,12 @@ class BiEncoderTask:
     def batch_ids(self, batch):
         return [qid for qid, _, _ in batch]
 
+    def validate(self, model):
+        """Validation metrics (``{'nDCG@10': ..., 'RR(rel=2)@10': ...}``), or ``{}`` without a validator."""
+        if self.validator is None:
+            return {}
+        return self.validator(PairScorer(self.bienc))
+
     def save(self, folder: Path) -> None:
         bienc = self.bienc
         model, qmodel = bienc.model, bienc.query_model
@@ -142,6 +170,22 @@ class BiEncoderTask:
             bienc.model, bienc.query_model = model, qmodel
 
 
+class PairScorer:
+    """``score_pairs(queries, texts) -> dot products`` of a bi-encoder: the interface
+    :class:`~.crossencoder_task.RerankValidator` scores with. Each distinct query and text is encoded once."""
+
+    def __init__(self, bienc):
+        self.bienc = bienc
+
+    def score_pairs(self, queries: List[str], texts: List[str]) -> np.ndarray:
+        bienc = self.bienc
+        bienc.device = next(bienc.model.parameters()).device   # where the trainer put the model
+        uq, ut = list(dict.fromkeys(queries)), list(dict.fromkeys(texts))
+        qv, dv = bienc.encode_queries(uq), bienc.encode_docs(ut)
+        qi, ti = {q: i for i, q in enumerate(uq)}, {t: i for i, t in enumerate(ut)}
+        return np.einsum('ij,ij->i', qv[[qi[q] for q in queries]], dv[[ti[t] for t in texts]]).astype(np.float32)
+
+
 def _dry_backbone(name: str) -> str:
     base = name[len('random:'):] if name.startswith('random:') else name
     if base in ('tiny-bert', 'tiny-llama'):
@@ -151,31 +195,58 @@ def _dry_backbone(name: str) -> str:
     return f'random:{tiny}@1' if name.startswith('random:') else tiny   # @1: random:tiny-bert@0 == tiny-bert
 
 
-def _groups(spec, dataset, split, seed):
-    from . import examples as ex
-    data = dict(spec.get('data') or {})
-    topics = dataset.get_topics(split)
-    qrels = dataset.get_qrels(split)
-    run_name = data.get('run', 'bm25')
-    depth = int(data.get('depth', 30))
+def _first_stage_run(dataset, run_name: str, split, topics, depth: int):
+    """The run the groups' negatives (and the validation candidates) come from: a run the dataset ships, else (for
+    ``bm25``) PISA BM25 over its corpus for ``topics``."""
     try:
-        run = dataset.get_run(run_name, split)
+        return dataset.get_run(run_name, split)
     except KnowacqError:
         if run_name != 'bm25':
             raise
-        from ..first_stage import PisaBM25
-        judged = topics[topics['qid'].astype(str).isin(set(qrels['qid'].astype(str)))]
-        run = PisaBM25(dataset, num_results=depth + 10)(judged[['qid', 'query']])
+    from ..first_stage import PisaBM25
+    return PisaBM25(dataset, num_results=depth)(topics[['qid', 'query']])
+
+
+def _judged_topics(dataset, split):
+    topics, qrels = dataset.get_topics(split), dataset.get_qrels(split)
+    return topics[topics['qid'].astype(str).isin(set(qrels['qid'].astype(str)))], qrels
+
+
+def _groups(spec, dataset, split, seed, qids=None):
+    from . import examples as ex
+    data = dict(spec.get('data') or {})
+    topics, qrels = _judged_topics(dataset, split)
+    depth = int(data.get('depth', 30))
+    run = _first_stage_run(dataset, data.get('run', 'bm25'), split, topics, depth + 10)
     known = set(dataset._texts)
     groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data.get('rel_threshold', 1)),
                                    neg_max_label=data.get('neg_max_label'), per_positive=bool(data.get('per_positive', False)),
-                                   known_docnos=known)
+                                   qids=qids, known_docnos=known)
     for name in data.get('extra') or []:
         groups += ex.extra_groups(name, dataset, depth=int(data.get('extra_depth', 30)), seed=seed)
     if data.get('max_queries'):
         rng = random.Random(seed)
         groups = rng.sample(groups, min(len(groups), int(data['max_queries'])))
     return groups
+
+
+def _validation(spec, dataset, split, seed):
+    """``(training qids or None, validation qids, validator or None)`` for the spec's ``validation:`` section."""
+    from .crossencoder_task import RerankValidator
+    from .examples import split_validation
+    val = spec.get('validation') or {}
+    if not val:
+        return None, [], None
+    topics, qrels = _judged_topics(dataset, split)
+    if topics.empty:
+        raise KnowacqError(f'the topics and qrels of {dataset.name}:{split} share no query ids; nothing to validate on')
+    train_qids, val_qids = split_validation(topics['qid'], int(val['queries']), seed)
+    depth = int(val.get('depth', 30))
+    held = topics[topics['qid'].astype(str).isin(val_qids)]
+    run = _first_stage_run(dataset, val.get('run', 'bm25'), split, held, depth)
+    texts = dataset._texts
+    run = run[run['docno'].astype(str).isin(texts)]
+    return train_qids, val_qids, RerankValidator(held, qrels, run, texts.__getitem__, depth=depth)
 
 
 def _apply_lora(model, lora: Dict[str, Any]):
@@ -241,25 +312,31 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
         spec.pop('epochs', None)
         spec['data'] = {**(spec.get('data') or {}), 'max_queries': 8, 'extra': []}
         spec.pop('lora', None)
+        if spec.get('validation'):
+            val = spec['validation']
+            spec['validation'] = {**val, 'queries': min(int(val['queries']), 3), 'depth': min(int(val.get('depth', 30)), 5)}
+            spec['eval_every'] = 1
     blob = json.dumps({'v': VERSION, 'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed},
                       sort_keys=True, default=str)
     key = hashlib.sha1(blob.encode()).hexdigest()[:16]
     final = cache_dir('models', 'trained-dense') / key
     if not (final / 'knowacq.json').exists():
         bienc = build_biencoder(spec, seed)
-        groups = _groups(spec, dataset, train_split, seed)
+        train_qids, val_qids, validator = _validation(spec, dataset, train_split, seed)
+        groups = _groups(spec, dataset, train_split, seed, qids=train_qids)
         texts = dataset._texts
         extra = {}
         for g in groups:
             extra.update(g.texts or {})
         task = BiEncoderTask(bienc, groups, lambda d: texts[d] if d in texts else extra[d],
                              negatives=int(spec.get('negatives', 3)), queries_per_batch=int(spec.get('queries_per_batch', 8)),
-                             temperature=float(spec.get('temperature', 0.05)), seed=seed)
+                             temperature=float(spec.get('temperature', 0.05)), seed=seed, validator=validator)
         steps = spec.get('steps')
+        every = int(spec.get('eval_every') or max(1, int(steps or 100) // 4)) if validator is not None else 0
         cfg = TrainConfig(lr=float(spec.get('lr', 2e-5)), weight_decay=float(spec.get('weight_decay', 0.01)),
                           warmup=float(spec.get('warmup', 0.1)), max_steps=int(steps) if steps else None,
                           epochs=spec.get('epochs'), grad_accum=int(spec.get('grad_accum', 1)),
-                          max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed,
+                          max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
                           checkpoint_every=int(spec.get('checkpoint_every', 50)), progress=verbose, log_every=5,
                           device='cpu' if not torch.cuda.is_available() else None)
         work = final.with_name(f'{key}.work')
@@ -268,7 +345,9 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
             atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.name, 'split': train_split,
                                                       'seed': seed, 'steps': result.steps, 'groups': len(groups),
-                                                      'history': result.history})
+                                                      'eval_every': every, 'validation_qids': val_qids,
+                                                      'best_metric': result.best_metric,
+                                                      'selected': result.model_dir.name, 'history': result.history})
         shutil.rmtree(work, ignore_errors=True)
     if output_dir is not None:
         info = json.loads((final / 'training.json').read_text())
