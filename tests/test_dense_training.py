@@ -106,6 +106,7 @@ def test_validation_keeps_best_checkpoint(cache):
     vals = [h['val_nDCG@10'] for h in info['history'] if 'val_nDCG@10' in h]
     assert [h['step'] for h in info['history'] if 'val_nDCG@10' in h] == [2, 4]
     assert info['best_metric'] == pytest.approx(max(vals))
+    assert set(info['validation']['start']) == {'nDCG@10', 'RR(rel=2)@10'}    # the untrained model, same queries
     kept = validator(PairScorer(BiEncoder.from_pretrained(str(folder), device='cpu')))   # the kept model is the best one
     assert kept['nDCG@10'] == pytest.approx(info['best_metric'], abs=1e-5)
 

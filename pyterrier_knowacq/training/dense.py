@@ -339,6 +339,12 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
                           max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
                           checkpoint_every=int(spec.get('checkpoint_every', 50)), progress=verbose, log_every=5,
                           device='cpu' if not torch.cuda.is_available() else None)
+        yardsticks = {}   # what the kept checkpoint is compared with, on the same validation queries
+        if validator is not None:
+            task.model.eval()   # (the trainer switches it back to training mode)
+            yardsticks['start'] = validator(PairScorer(bienc))
+            if hasattr(validator, 'first_stage'):
+                yardsticks['first_stage'] = validator.first_stage()
         work = final.with_name(f'{key}.work')
         result = Trainer(task, cfg, work).train()
         with atomic_directory(final, overwrite=True) as tmp:
@@ -346,6 +352,7 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
             atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.name, 'split': train_split,
                                                       'seed': seed, 'steps': result.steps, 'groups': len(groups),
                                                       'eval_every': every, 'validation_qids': val_qids,
+                                                      'validation': yardsticks,
                                                       'best_metric': result.best_metric,
                                                       'selected': result.model_dir.name, 'history': result.history})
         shutil.rmtree(work, ignore_errors=True)
