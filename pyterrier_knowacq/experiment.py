@@ -15,124 +15,28 @@ Example file::
 """
 from __future__ import annotations
 
-import difflib
 import inspect
-import json
-import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, Optional
 
 import pandas as pd
-import yaml
 
 from ._util import KnowacqError, atomic_directory, atomic_write_json, atomic_write_text, cache_dir
-from .datasets import Dataset, get_dataset
+from .datasets import get_dataset
+from .experiment_config import (DEFAULT_MEASURES, KEYS, MODEL_TRAINERS, Fold, _fold_data, _measures, _slug,  # noqa: F401
+                                check_config, folds_of, load_config, runs_on)
 from .pipeline_expr import parse_pipeline
-from .stages import StageContext, build_pipeline, check_stage, register_stage  # noqa: F401  (re-exported)
+from .stages import StageContext, build_pipeline, register_stage  # noqa: F401  (re-exported)
 
 __all__ = ['load_config', 'run_experiment', 'register_stage', 'DEFAULT_MEASURES', 'FORMAT']
 
 FORMAT = 'pyterrier_knowacq.results/1'
-DEFAULT_MEASURES = ['nDCG@10', 'RR(rel=2)@10', 'AP(rel=2)', 'R(rel=2)@100']
-KEYS = {
-    'name': 'experiment name (also the results folder name)', 'study': 'spine | multistage | knowacq | ...',
-    'description': 'free text', 'dataset': 'dataset name, beir:/path or irds:<id>', 'topics': 'test split(s)',
-    'folds': 'list of {train: split, test: split}', 'models': 'models to train per fold', 'systems': 'name -> pipeline',
-    'measures': 'ir_measures names', 'baseline': 'system name', 'test': 't | wilcoxon', 'correction': 'holm | bonferroni | fdr_bh | none',
-    'correction_alpha': 'float', 'seed': 'int', 'rerank_depth': 'cut first stages to this depth', 'analysis': 'analysis section',
-    'dry_run': 'overrides applied with --dry-run', 'tags': 'tags for every system', 'output': 'results folder',
-}
-MODEL_TRAINERS = {
-    'cross-encoder': ('pyterrier_knowacq.training.stages', 'train_model'),
-    'bi-encoder': ('pyterrier_knowacq.training.dense', 'train_biencoder'),
-    'colbert': ('pyterrier_knowacq.colbert_train', 'train_colbert'),
-}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text)).strip('-').lower() or 'system'
-
-
-def load_config(path) -> Dict[str, Any]:
-    """Read and check an experiment file (``yaml.safe_load``); every problem is one :class:`KnowacqError`."""
-    path = Path(path)
-    if not path.exists():
-        raise KnowacqError(f'experiment file {path} does not exist; see experiments/ for examples')
-    try:
-        config = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except UnicodeDecodeError as e:
-        raise KnowacqError(f'{path} is not UTF-8 text ({e}); save it as UTF-8') from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise KnowacqError(f'{path} is not valid YAML{where}: {getattr(e, "problem", e)}; fix the syntax') from e
-    return check_config(config, str(path))
-
-
-def check_config(config, source: str = '<config>') -> Dict[str, Any]:
-    if not isinstance(config, dict):
-        raise KnowacqError(f'{source} must be a YAML mapping with keys such as name, dataset, topics, systems')
-    for key in config:
-        if key not in KEYS:
-            close = difflib.get_close_matches(str(key), list(KEYS), n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise KnowacqError(f'{source}: unknown key {key!r}{hint}; allowed keys: {", ".join(KEYS)}')
-    for key in ('name', 'dataset', 'systems'):
-        if key not in config:
-            raise KnowacqError(f'{source}: missing required key {key!r} ({KEYS[key]})')
-    if not isinstance(config['systems'], dict) or not config['systems']:
-        raise KnowacqError(f'{source}: systems must be a non-empty mapping of name -> pipeline expression')
-    if 'topics' in config and 'folds' in config:
-        raise KnowacqError(f'{source}: give either topics (evaluation only) or folds (train/test), not both')
-    if config.get('baseline') is not None and config['baseline'] not in config['systems']:
-        raise KnowacqError(f'{source}: baseline {config["baseline"]!r} is not one of the systems: {list(config["systems"])}')
-    for name, spec in (config.get('models') or {}).items():
-        kind = (spec or {}).get('kind', 'cross-encoder') if isinstance(spec, dict) else None
-        if kind not in MODEL_TRAINERS:
-            raise KnowacqError(f'{source}: model {name!r} has kind {kind!r}; choose one of {list(MODEL_TRAINERS)}')
-    for name, expr in config['systems'].items():
-        expr = expr['pipeline'] if isinstance(expr, dict) else expr
-        for stage in parse_pipeline(expr):
-            check_stage(stage)
-    _measures(config)
-    return config
-
-
-def _measures(config):
-    import ir_measures
-    out = []
-    for m in config.get('measures') or DEFAULT_MEASURES:
-        try:
-            out.append(ir_measures.parse_measure(str(m)))
-        except Exception:
-            raise KnowacqError(f'unknown measure {m!r}; write ir_measures names such as nDCG@10, RR(rel=2)@10, AP(rel=2), R@100') from None
-    return out
-
-
-@dataclass
-class Fold:
-    test: str
-    train: Optional[str] = None
-
-    @property
-    def folder(self) -> str:
-        return _slug(self.test.split(':')[-1].split('/')[-1] if ':' in self.test else self.test)
-
-
-def _fold_data(dataset: Dataset, split: Optional[str]):
-    """A split of the experiment's dataset, or another dataset named in its place (``irds:...``, ``scifact``)."""
-    from .datasets import DATASETS
-    if split and (split.startswith(('irds:', 'beir:')) or (split in DATASETS and split not in dataset.splits)):
-        return get_dataset(split), None
-    return dataset, split
 
 
 def _versions() -> Dict[str, str]:
@@ -200,12 +104,10 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
         limit_topics = limit_topics or 3
     seed = int(config.get('seed', 42))
     dataset = get_dataset(config['dataset'])
-    folds = [Fold(**f) if isinstance(f, dict) else Fold(str(f)) for f in config.get('folds') or []] or \
-        [Fold(str(t)) for t in (config.get('topics') if isinstance(config.get('topics'), list) else [config.get('topics')])]
+    folds = folds_of(config, str(path))
     measures = _measures(config)
     systems = {name: (spec['pipeline'] if isinstance(spec, dict) else spec) for name, spec in config['systems'].items()}
     names = list(systems)
-    baseline = names.index(config['baseline']) if config.get('baseline') in names else None
     correction = config.get('correction', 'holm')
     correction = None if str(correction).lower() in ('none', 'null', 'false') else correction
     out = Path(output or config.get('output') or Path('results') / _slug(config['name']))
@@ -220,26 +122,34 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
             'correction': correction, 'collections': [], 'systems': [], 'timings': {}, 'models': {}}
     for name, spec in config['systems'].items():
         tags = {**(config.get('tags') or {}), **(spec.get('tags', {}) if isinstance(spec, dict) else {})}
-        meta['systems'].append({'name': name, 'slug': _slug(name), 'pipeline': systems[name], 'tags': tags})
+        entry = {'name': name, 'slug': _slug(name), 'pipeline': systems[name], 'tags': tags}
+        if isinstance(spec, dict) and spec.get('collections'):
+            entry['collections'] = list(spec['collections'])
+        meta['systems'].append(entry)
     if len({s['slug'] for s in meta['systems']}) != len(names):
         raise KnowacqError('two system names reduce to the same file name; rename one of them')
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         atomic_write_text(tmp / 'config.yaml', Path(path).read_text(encoding='utf-8'))
+        trained_on: Dict[Optional[str], Dict[str, str]] = {}
         for fold in folds:
-            test_ds, test_split = _fold_data(dataset, fold.test)
+            test_ds, test_split = fold.test_data(dataset)
             topics, qrels = test_ds.get_topics(test_split), test_ds.get_qrels(test_split)
             _check_topics_qrels(topics, qrels, fold.test)
             topics = topics[topics['qid'].isin(set(qrels['qid']))]
             if limit_topics:
                 topics = topics.head(int(limit_topics))
-            models = _train_models(config, fold, dataset, seed, dry_run)
+            if fold.train not in trained_on:   # folds sharing a training split share its models (no retraining)
+                trained_on[fold.train] = _train_models(config, fold, dataset, seed, dry_run)
+            models = trained_on[fold.train]
             meta['models'][fold.folder] = models
+            fold_names = [n for n in names if runs_on(config['systems'][n], fold.folder)]
+            baseline = fold_names.index(config['baseline']) if config.get('baseline') in fold_names else None
             ctx = StageContext(test_ds, test_split, fold.train, models, seed, tmp, dry_run)
             results, timings = [], {}
             coll = tmp / fold.folder
             (coll / 'runs').mkdir(parents=True, exist_ok=True)
-            for name in names:
+            for name in fold_names:
                 pipeline = build_pipeline(parse_pipeline(systems[name]), ctx, config.get('rerank_depth'))
                 print(f'[knowacq] {fold.folder}: {name}', flush=True)
                 t0 = time.time()
@@ -247,15 +157,16 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
                 timings[name] = round(time.time() - t0, 3)
                 pt.io.write_results(res, str(coll / 'runs' / f'{_slug(name)}.res.gz'))
                 results.append(res)
-            common = dict(names=names, baseline=baseline, test=config.get('test', 't'), correction=correction,
+            common = dict(names=fold_names, baseline=baseline, test=config.get('test', 't'), correction=correction,
                           correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
             agg = pt.Experiment(results, topics, qrels, measures, **common)
-            perq = pt.Experiment(results, topics, qrels, measures, perquery=True, names=names, verbose=False)
+            perq = pt.Experiment(results, topics, qrels, measures, perquery=True, names=fold_names, verbose=False)
             agg.to_csv(coll / 'aggregated.csv', index=False)
             topics[['qid', 'query']].to_csv(coll / 'topics.tsv', sep='\t', index=False, header=False)
             perq.to_csv(coll / 'perquery.csv', index=False)
             meta['timings'][fold.folder] = timings
             meta['collections'].append({'name': fold.folder, 'dataset': test_ds.name, 'topics': test_split or fold.test,
+                                        'train_dataset': dataset.name if fold.train else None,
                                         'train': fold.train, 'num_queries': int(len(topics)),
                                         'provenance': _first_paragraph(test_ds.provenance())})
             _print_table(fold.folder, agg, measures)

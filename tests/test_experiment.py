@@ -138,3 +138,72 @@ def test_killed_run_leaves_nothing_and_stale_partials_are_swept(tmp_path):
     assert proc.returncode != 0
     assert not (tmp_path / 'killed').exists()
     assert not list(tmp_path.glob('.killed*'))
+
+
+FOLDS = """
+name: ood
+dataset: msmarco-passage
+folds:
+  - {train: dl20, test: dl19}
+  - {train: dl20, test: test, test_dataset: scifact}
+models:
+  tiny-ft: {kind: bi-encoder, backbone: tiny-bert, pooling: mean, steps: 2, queries_per_batch: 2, negatives: 1,
+            data: {max_queries: 4, rel_threshold: 2}}
+systems:
+  BM25: bm25(k=5)
+  BM25 >> tiny-ft: bm25(k=5) >> text >> biencoder(model=tiny-ft, max_length=32)
+  Dense tiny-ft:
+    pipeline: dense(model=tiny-ft, k=10, max_length=32)
+    collections: [scifact-test]
+    tags: {first_stage: dense}
+baseline: BM25
+measures: [nDCG@10, RR@10]
+"""
+
+
+def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
+    """A fold may test on another dataset (SciFact); models trained once on DL20 serve both folds; a system may be
+    restricted to some collections; the leaderboard and the report read the result folder."""
+    from pyterrier_knowacq.training import dense
+    calls = []
+    real = dense.train_biencoder
+
+    def counting(spec, **kwargs):
+        calls.append(kwargs['train_split'])
+        return real(spec, **kwargs)
+    monkeypatch.setattr(dense, 'train_biencoder', counting)
+    out = run_experiment(_write(tmp_path, FOLDS), output=tmp_path / 'res', limit_topics=3)
+    assert calls == ['dl20']                                          # trained once, reused by the SciFact fold
+    meta = json.loads((out / 'meta.json').read_text())
+    assert [c['name'] for c in meta['collections']] == ['dl19', 'scifact-test']
+    sci = meta['collections'][1]
+    assert (sci['dataset'], sci['topics'], sci['train'], sci['train_dataset']) == ('scifact', 'test', 'dl20', 'msmarco-passage')
+    assert meta['models']['dl19'] == meta['models']['scifact-test']
+    assert meta['systems'][2]['collections'] == ['scifact-test']
+    assert set(meta['timings']['dl19']) == {'BM25', 'BM25 >> tiny-ft'}
+    agg = pd.read_csv(out / 'scifact-test' / 'aggregated.csv')
+    assert list(agg['name']) == ['BM25', 'BM25 >> tiny-ft', 'Dense tiny-ft'] and 'nDCG@10 p-value' in agg.columns
+    run = pd.read_csv(out / 'scifact-test' / 'runs' / 'dense-tiny-ft.res.gz', sep=r'\s+', header=None, dtype=str)
+    corpus = {d['docno'] for d in __import__('pyterrier_knowacq').get_dataset('scifact').get_corpus_iter()}
+    assert set(run[2]) <= corpus                                      # retrieved from the SciFact corpus
+    assert list(pd.read_csv(out / 'dl19' / 'aggregated.csv')['name']) == ['BM25', 'BM25 >> tiny-ft']
+    from pyterrier_knowacq.leaderboard import build_site
+    from pyterrier_knowacq.leaderboard_data import read_experiment
+    exp = read_experiment(out, 'x', str(out))
+    assert [c.name for c in exp.collections] == ['dl19', 'scifact-test'] and not exp.problems
+    build_site([out], tmp_path / 'site')
+    assert 'scifact-test' in (tmp_path / 'site' / 'index.html').read_text()
+
+
+@pytest.mark.parametrize('change,match', [
+    (('test_dataset: scifact', 'test_datset: scifact'), "fold 2: unknown key 'test_datset'.*did you mean 'test_dataset'"),
+    (('collections: [scifact-test]', 'colections: [scifact-test]'), "unknown key 'colections'.*did you mean 'collections'"),
+    (('collections: [scifact-test]', 'collections: [scifact]'), "'scifact'.*did you mean 'scifact-test'"),
+    (('collections: [scifact-test]', 'collections: scifact-test'), 'non-empty list'),
+    (('BM25: bm25(k=5)', 'BM25: {pipeline: bm25(k=5), collections: [dl19]}'), "baseline 'BM25' does not run on.*scifact-test"),
+    (('test: test, test_dataset: scifact', 'test: dl19'), "same collection folder 'dl19'"),
+    (('{train: dl20, test: dl19}', '{train: dl20}'), 'fold 1 needs `test:`'),
+])
+def test_bad_folds_and_systems(tmp_path, change, match):
+    with pytest.raises(KnowacqError, match=match):
+        load_config(_write(tmp_path, FOLDS.replace(*change)))

@@ -1,0 +1,232 @@
+"""Experiment files: reading and checking the YAML (keys, folds, systems, measures) before anything runs.
+
+Every problem is one :class:`~pyterrier_knowacq._util.KnowacqError` naming the key and, for a misspelt key, the
+closest allowed one. A fold is ``{train: split, test: split}`` on the experiment's dataset, or, for an out-of-domain
+test collection, ``{train: dl20, test: test, test_dataset: scifact}`` (result folder ``scifact-test``). A system is a
+pipeline expression or ``{pipeline, tags, collections}``; ``collections`` restricts it to some test collections.
+
+Example::
+
+    config = load_config('experiments/knowacq.yaml')
+    [f.folder for f in folds_of(config)]          # ['dl19', 'scifact-test']
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from ._util import KnowacqError
+from .datasets import Dataset, get_dataset
+from .pipeline_expr import parse_pipeline
+from .stages import check_stage
+
+__all__ = ['load_config', 'check_config', 'folds_of', 'Fold', 'KEYS', 'FOLD_KEYS', 'SYSTEM_KEYS', 'MODEL_TRAINERS',
+           'DEFAULT_MEASURES', 'runs_on']
+
+DEFAULT_MEASURES = ['nDCG@10', 'RR(rel=2)@10', 'AP(rel=2)', 'R(rel=2)@100']
+KEYS = {
+    'name': 'experiment name (also the results folder name)', 'study': 'spine | multistage | knowacq | ...',
+    'description': 'free text', 'dataset': 'dataset name, beir:/path or irds:<id>', 'topics': 'test split(s)',
+    'folds': 'list of {train: split, test: split[, test_dataset: name]}', 'models': 'models to train per fold',
+    'systems': 'name -> pipeline, or name -> {pipeline, tags, collections}',
+    'measures': 'ir_measures names', 'baseline': 'system name', 'test': 't | wilcoxon', 'correction': 'holm | bonferroni | fdr_bh | none',
+    'correction_alpha': 'float', 'seed': 'int', 'rerank_depth': 'cut first stages to this depth', 'analysis': 'analysis section',
+    'dry_run': 'overrides applied with --dry-run', 'tags': 'tags for every system', 'output': 'results folder',
+}
+FOLD_KEYS = {
+    'train': 'split of the dataset the models are trained on',
+    'test': 'split the systems are evaluated on (of test_dataset when given)',
+    'test_dataset': 'evaluate on another dataset, e.g. scifact (out of domain); models still train on `train`',
+}
+SYSTEM_KEYS = {
+    'pipeline': 'pipeline expression', 'tags': 'tags shown on the leaderboard',
+    'collections': 'evaluate only on these test collections (result folder names, e.g. [dl19, scifact-test])',
+}
+MODEL_TRAINERS = {
+    'cross-encoder': ('pyterrier_knowacq.training.stages', 'train_model'),
+    'bi-encoder': ('pyterrier_knowacq.training.dense', 'train_biencoder'),
+    'colbert': ('pyterrier_knowacq.colbert_train', 'train_colbert'),
+}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text)).strip('-').lower() or 'system'
+
+
+def load_config(path) -> Dict[str, Any]:
+    """Read and check an experiment file (``yaml.safe_load``); every problem is one :class:`KnowacqError`."""
+    path = Path(path)
+    if not path.exists():
+        raise KnowacqError(f'experiment file {path} does not exist; see experiments/ for examples')
+    try:
+        config = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except UnicodeDecodeError as e:
+        raise KnowacqError(f'{path} is not UTF-8 text ({e}); save it as UTF-8') from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        raise KnowacqError(f'{path} is not valid YAML{where}: {getattr(e, "problem", e)}; fix the syntax') from e
+    return check_config(config, str(path))
+
+
+def check_config(config, source: str = '<config>') -> Dict[str, Any]:
+    """Check a parsed experiment mapping (keys, folds, systems, models, stages, measures) and return it.
+
+    Args:
+        config: the mapping read from the YAML file.
+        source: the file name, for the error messages.
+
+    Raises:
+        KnowacqError: naming the first problem (and, for a misspelt key, the closest allowed key).
+    """
+    if not isinstance(config, dict):
+        raise KnowacqError(f'{source} must be a YAML mapping with keys such as name, dataset, topics, systems')
+    for key in config:
+        if key not in KEYS:
+            raise _unknown_key(key, KEYS, source)
+    for key in ('name', 'dataset', 'systems'):
+        if key not in config:
+            raise KnowacqError(f'{source}: missing required key {key!r} ({KEYS[key]})')
+    if not isinstance(config['systems'], dict) or not config['systems']:
+        raise KnowacqError(f'{source}: systems must be a non-empty mapping of name -> pipeline expression')
+    if 'topics' in config and 'folds' in config:
+        raise KnowacqError(f'{source}: give either topics (evaluation only) or folds (train/test), not both')
+    if config.get('baseline') is not None and config['baseline'] not in config['systems']:
+        raise KnowacqError(f'{source}: baseline {config["baseline"]!r} is not one of the systems: {list(config["systems"])}')
+    _check_systems(config, [f.folder for f in folds_of(config, source)], source)
+    for name, spec in (config.get('models') or {}).items():
+        kind = (spec or {}).get('kind', 'cross-encoder') if isinstance(spec, dict) else None
+        if kind not in MODEL_TRAINERS:
+            raise KnowacqError(f'{source}: model {name!r} has kind {kind!r}; choose one of {list(MODEL_TRAINERS)}')
+    for name, expr in config['systems'].items():
+        expr = expr['pipeline'] if isinstance(expr, dict) else expr
+        for stage in parse_pipeline(expr):
+            check_stage(stage)
+    _measures(config)
+    return config
+
+
+def _unknown_key(key, allowed, where: str) -> KnowacqError:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    return KnowacqError(f'{where}: unknown key {key!r}{hint}; allowed keys: {", ".join(allowed)}')
+
+
+def _check_systems(config, collections: List[str], source: str) -> None:
+    """System entries: a pipeline string or ``{pipeline, tags, collections}``; the baseline runs everywhere."""
+    for name, spec in config['systems'].items():
+        where = f'{source}: system {name!r}'
+        if not isinstance(spec, (str, dict)):
+            raise KnowacqError(f'{where} must be a pipeline expression or a mapping with `pipeline:`')
+        if not isinstance(spec, dict):
+            continue
+        for key in spec:
+            if key not in SYSTEM_KEYS:
+                raise _unknown_key(key, SYSTEM_KEYS, where)
+        if not isinstance(spec.get('pipeline'), str):
+            raise KnowacqError(f'{where} needs `pipeline:` (a pipeline expression such as bm25 >> text >> ce(model=...))')
+        only = spec.get('collections')
+        if only is None:
+            continue
+        if not isinstance(only, list) or not only:
+            raise KnowacqError(f'{where}: collections must be a non-empty list of test collections, e.g. {collections}')
+        for coll in only:
+            if coll not in collections:
+                close = difflib.get_close_matches(str(coll), collections, n=1)
+                hint = f' (did you mean {close[0]!r}?)' if close else ''
+                raise KnowacqError(f'{where}: collections names {coll!r}{hint}, which is not a test collection of this '
+                                   f'experiment; its collections are {collections}')
+    baseline = config.get('baseline')
+    if baseline is not None:
+        missing = [c for c in collections if not runs_on(config['systems'][baseline], c)]
+        if missing:
+            raise KnowacqError(f'{source}: the baseline {baseline!r} does not run on {missing}; every system is tested '
+                               'against it, so remove its `collections:` or add those collections')
+
+
+def runs_on(spec, collection: str) -> bool:
+    only = spec.get('collections') if isinstance(spec, dict) else None
+    return only is None or collection in only
+
+
+def _measures(config):
+    import ir_measures
+    out = []
+    for m in config.get('measures') or DEFAULT_MEASURES:
+        try:
+            out.append(ir_measures.parse_measure(str(m)))
+        except Exception:
+            raise KnowacqError(f'unknown measure {m!r}; write ir_measures names such as nDCG@10, RR(rel=2)@10, AP(rel=2), R@100') from None
+    return out
+
+
+@dataclass
+class Fold:
+    """One train/test pair. ``test`` is a split of the experiment's dataset, or of ``test_dataset`` when given (e.g.
+    ``{train: dl20, test: test, test_dataset: scifact}``: models trained on DL20, evaluated on SciFact test)."""
+    test: str
+    train: Optional[str] = None
+    test_dataset: Optional[str] = None
+
+    @property
+    def folder(self) -> str:
+        """The result folder's collection name: ``dl19``, ``scifact-test``, ..."""
+        if self.test_dataset:
+            return _slug(f'{_dataset_label(self.test_dataset)}-{self.test}')
+        return _slug(_dataset_label(self.test) if ':' in self.test else self.test)
+
+    def test_data(self, dataset: Dataset):
+        """``(dataset, split)`` the systems are evaluated on."""
+        if self.test_dataset:
+            return get_dataset(self.test_dataset), self.test
+        return _fold_data(dataset, self.test)
+
+
+def _dataset_label(name: str) -> str:
+    """``scifact`` -> ``scifact``; ``beir:/data/trec-covid`` -> ``trec-covid``; ``irds:a/b/c`` -> ``a/b/c`` (the whole
+    id: ``irds:msmarco-passage/trec-dl-2019/judged`` and ``.../trec-dl-2020/judged`` must not both be ``judged``)."""
+    name = str(name)
+    if name.startswith('irds:'):
+        return name[len('irds:'):]
+    return name.split(':')[-1].rstrip('/').split('/')[-1]
+
+
+def folds_of(config, source: str = '<config>') -> List[Fold]:
+    """The experiment's folds (``folds:``, else one per ``topics:`` entry), checked; collection names are unique."""
+    folds = []
+    if config.get('folds') is not None:
+        if not isinstance(config['folds'], list) or not config['folds']:
+            raise KnowacqError(f'{source}: folds must be a non-empty list such as [{{train: dl20, test: dl19}}]')
+        for i, f in enumerate(config['folds'], 1):
+            if not isinstance(f, dict):
+                folds.append(Fold(str(f)))
+                continue
+            for key in f:
+                if key not in FOLD_KEYS:
+                    raise _unknown_key(key, FOLD_KEYS, f'{source}: fold {i}')
+            if not f.get('test'):
+                raise KnowacqError(f'{source}: fold {i} needs `test:` (the split to evaluate on), e.g. {{train: dl20, test: dl19}}')
+            folds.append(Fold(**{k: str(v) for k, v in f.items() if v is not None}))
+    else:
+        topics = config.get('topics')
+        folds = [Fold(str(t)) for t in (topics if isinstance(topics, list) else [topics])]
+    seen = {}
+    for f in folds:
+        if f.folder in seen:
+            raise KnowacqError(f'{source}: two folds write the same collection folder {f.folder!r} ({seen[f.folder]} and '
+                               f'{f}); evaluate each test collection once')
+        seen[f.folder] = f
+    return folds
+
+
+def _fold_data(dataset: Dataset, split: Optional[str]):
+    """A split of the experiment's dataset, or another dataset named in its place (``irds:...``, ``scifact``)."""
+    from .datasets import DATASETS
+    if split and (split.startswith(('irds:', 'beir:')) or (split in DATASETS and split not in dataset.splits)):
+        return get_dataset(split), None
+    return dataset, split
