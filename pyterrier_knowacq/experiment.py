@@ -159,17 +159,19 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
                 results.append(res)
             common = dict(names=fold_names, baseline=baseline, test=config.get('test', 't'), correction=correction,
                           correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
-            agg = pt.Experiment(results, topics, qrels, measures, **common)
-            perq = pt.Experiment(results, topics, qrels, measures, perquery=True, names=fold_names, verbose=False)
+            fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
+            agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
+            perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=fold_names, verbose=False)
             agg.to_csv(coll / 'aggregated.csv', index=False)
             topics[['qid', 'query']].to_csv(coll / 'topics.tsv', sep='\t', index=False, header=False)
             perq.to_csv(coll / 'perquery.csv', index=False)
             meta['timings'][fold.folder] = timings
             meta['collections'].append({'name': fold.folder, 'dataset': test_ds.name, 'topics': test_split or fold.test,
                                         'train_dataset': dataset.name if fold.train else None,
+                                        'measures': [str(m) for m in fold_measures],
                                         'train': fold.train, 'num_queries': int(len(topics)),
                                         'provenance': _first_paragraph(test_ds.provenance())})
-            _print_table(fold.folder, agg, measures)
+            _print_table(fold.folder, agg, fold_measures)
         if config.get('analysis'):
             from .analysis.pipeline import run_analysis
             fold_models = next(iter(meta['models'].values()), {}) if meta['models'] else {}

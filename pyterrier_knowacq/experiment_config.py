@@ -42,6 +42,7 @@ FOLD_KEYS = {
     'train': 'split of the dataset the models are trained on',
     'test': 'split the systems are evaluated on (of test_dataset when given)',
     'test_dataset': 'evaluate on another dataset, e.g. scifact (out of domain); models still train on `train`',
+    'measures': "this collection's measures (default: the experiment's), e.g. rel=1 measures for binary qrels",
 }
 SYSTEM_KEYS = {
     'pipeline': 'pipeline expression', 'tags': 'tags shown on the leaderboard',
@@ -172,6 +173,7 @@ class Fold:
     test: str
     train: Optional[str] = None
     test_dataset: Optional[str] = None
+    measures: Optional[List[str]] = None
 
     @property
     def folder(self) -> str:
@@ -211,7 +213,13 @@ def folds_of(config, source: str = '<config>') -> List[Fold]:
                     raise _unknown_key(key, FOLD_KEYS, f'{source}: fold {i}')
             if not f.get('test'):
                 raise KnowacqError(f'{source}: fold {i} needs `test:` (the split to evaluate on), e.g. {{train: dl20, test: dl19}}')
-            folds.append(Fold(**{k: str(v) for k, v in f.items() if v is not None}))
+            measures = f.get('measures')
+            if measures is not None:
+                if not isinstance(measures, list) or not measures:
+                    raise KnowacqError(f'{source}: fold {i} measures must be a non-empty list such as [nDCG@10, RR@10]')
+                _measures({'measures': measures})
+                measures = [str(m) for m in measures]
+            folds.append(Fold(measures=measures, **{k: str(v) for k, v in f.items() if v is not None and k != 'measures'}))
     else:
         topics = config.get('topics')
         folds = [Fold(str(t)) for t in (topics if isinstance(topics, list) else [topics])]

@@ -160,7 +160,7 @@ def read_collection(folder: Path, info: Dict, meta: Dict) -> Collection:
         raise FolderProblem(f'{agg_file} cannot be read as CSV ({e}); re-run `knowacq run` for it') from e
     if 'name' not in agg.columns or agg.empty:
         raise FolderProblem(f'{agg_file} has no "name" column or no rows; it is not pt.Experiment output')
-    declared = [str(m) for m in meta.get('measures') or []]
+    declared = [str(m) for m in info.get('measures') or meta.get('measures') or []]   # a collection may have its own
     measures = [m for m in declared if m in agg.columns] or \
         [c for c in agg.columns if c != 'name' and not c.endswith(SIG_SUFFIXES)]
     if not measures:

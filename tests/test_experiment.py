@@ -145,7 +145,7 @@ name: ood
 dataset: msmarco-passage
 folds:
   - {train: dl20, test: dl19}
-  - {train: dl20, test: test, test_dataset: scifact}
+  - {train: dl20, test: test, test_dataset: scifact, measures: [nDCG@10, RR@10]}
 models:
   tiny-ft: {kind: bi-encoder, backbone: tiny-bert, pooling: mean, steps: 2, queries_per_batch: 2, negatives: 1,
             data: {max_queries: 4, rel_threshold: 2}}
@@ -157,7 +157,7 @@ systems:
     collections: [scifact-test]
     tags: {first_stage: dense}
 baseline: BM25
-measures: [nDCG@10, RR@10]
+measures: [nDCG@10, RR(rel=2)@10]
 """
 
 
@@ -183,6 +183,8 @@ def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
     assert set(meta['timings']['dl19']) == {'BM25', 'BM25 >> tiny-ft'}
     agg = pd.read_csv(out / 'scifact-test' / 'aggregated.csv')
     assert list(agg['name']) == ['BM25', 'BM25 >> tiny-ft', 'Dense tiny-ft'] and 'nDCG@10 p-value' in agg.columns
+    assert 'RR@10' in agg.columns and 'RR(rel=2)@10' not in agg.columns    # SciFact's own measures (binary qrels)
+    assert sci['measures'] == ['nDCG@10', 'RR@10'] and meta['collections'][0]['measures'] == ['nDCG@10', 'RR(rel=2)@10']
     run = pd.read_csv(out / 'scifact-test' / 'runs' / 'dense-tiny-ft.res.gz', sep=r'\s+', header=None, dtype=str)
     corpus = {d['docno'] for d in __import__('pyterrier_knowacq').get_dataset('scifact').get_corpus_iter()}
     assert set(run[2]) <= corpus                                      # retrieved from the SciFact corpus
@@ -191,6 +193,7 @@ def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
     from pyterrier_knowacq.leaderboard_data import read_experiment
     exp = read_experiment(out, 'x', str(out))
     assert [c.name for c in exp.collections] == ['dl19', 'scifact-test'] and not exp.problems
+    assert exp.collections[1].measures == ['nDCG@10', 'RR@10']
     build_site([out], tmp_path / 'site')
     assert 'scifact-test' in (tmp_path / 'site' / 'index.html').read_text()
 
@@ -203,6 +206,8 @@ def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
     (('BM25: bm25(k=5)', 'BM25: {pipeline: bm25(k=5), collections: [dl19]}'), "baseline 'BM25' does not run on.*scifact-test"),
     (('test: test, test_dataset: scifact', 'test: dl19'), "same collection folder 'dl19'"),
     (('{train: dl20, test: dl19}', '{train: dl20}'), 'fold 1 needs `test:`'),
+    (('measures: [nDCG@10, RR@10]}', 'measures: [nDCG@ten]}'), 'unknown measure'),
+    (('measures: [nDCG@10, RR@10]}', 'measures: nDCG@10}'), 'fold 2 measures must be a non-empty list'),
 ])
 def test_bad_folds_and_systems(tmp_path, change, match):
     with pytest.raises(KnowacqError, match=match):
