@@ -211,31 +211,40 @@ def _random_claim(folder: Path, acc: pd.DataFrame) -> Dict:
            and s['tags'].get('strategy') not in (None, 'zero-shot', 'none')]
     if not rnd:
         return _missing('random', claim, 'no fine-tuned random-init system in the experiment' + (f'; {probe}' if probe else ''))
-    r = rnd[0]
-    peer = [s for s in systems if s is not r and s.get('tags', {}).get('strategy') == r['tags'].get('strategy')
-            and s['tags'].get('pooling') == r['tags'].get('pooling') and s['tags'].get('first_stage') == r['tags'].get('first_stage')
-            and not str(s['tags'].get('backbone', '')).startswith('random:')]
-    if not peer:
-        return _missing('random', claim, f'no pre-trained system trained like {r["name"]!r}')
-    p_sys = peer[0]
+    pairs = []   # (pre-trained, random-init) trained alike: same strategy, pooling and first stage
+    for r in rnd:
+        peer = [s for s in systems if s is not r and s.get('tags', {}).get('strategy') == r['tags'].get('strategy')
+                and s['tags'].get('pooling') == r['tags'].get('pooling')
+                and s['tags'].get('first_stage') == r['tags'].get('first_stage')
+                and not str(s['tags'].get('backbone', '')).startswith('random:')]
+        if peer:
+            pairs.append((peer[0], r))
+    if not pairs:
+        return _missing('random', claim, f'no pre-trained system trained like {rnd[0]["name"]!r}')
     from scipy.stats import ttest_rel
-    parts, ps = [], []
+    parts, ps, worse = [], [], []
     for coll in meta.get('collections', []):
         pq_file = folder / coll['name'] / 'perquery.csv'
         if not pq_file.exists():
             continue
         pq = pd.read_csv(pq_file, dtype={'qid': str})
         pq = pq[pq.measure == 'nDCG@10'].pivot_table(index='qid', columns='name', values='value')
-        if r['name'] not in pq or p_sys['name'] not in pq:
-            continue
-        a, b = pq[p_sys['name']], pq[r['name']]
-        p = float(ttest_rel(a, b).pvalue) if len(a) > 1 and not np.allclose(a, b) else 1.0
-        ps.append(p)
-        parts.append(f'{coll["name"]}: nDCG@10 pre-trained {a.mean():.3f} vs random-init {b.mean():.3f} (p={p:.3g})')
-        worse = a.mean() > b.mean()
+        for p_sys, r in pairs:
+            if r['name'] not in pq or p_sys['name'] not in pq:
+                continue
+            a, b = pq[p_sys['name']], pq[r['name']]
+            p = float(ttest_rel(a, b).pvalue) if len(a) > 1 and not np.allclose(a, b) else 1.0
+            ps.append(p)
+            where = coll['name'] if len(pairs) == 1 else f'{coll["name"]} ({r["tags"].get("first_stage")})'
+            parts.append(f'{where}: nDCG@10 pre-trained {a.mean():.3f} vs random-init {b.mean():.3f} (p={p:.3g})')
+            worse.append(a.mean() > b.mean())
     if not parts:
         return _missing('random', claim, 'no per-query nDCG@10 for the two systems')
     p = float(np.nanmax(_holm(ps)))
-    verdict = 'consistent' if worse and p < ALPHA else ('direction only' if worse else 'not consistent')
+    if all(worse):
+        verdict = 'consistent' if p < ALPHA else 'direction only'
+    else:
+        verdict = 'partly consistent' if any(worse) else 'not consistent'
+    compared = '; '.join(f'{a["name"]!r} vs {b["name"]!r}' for a, b in pairs)
     return _claim('random', claim, '; '.join(parts) + (f'; {probe}' if probe else ''), p, verdict,
-                  f'{p_sys["name"]!r} vs {r["name"]!r}, paired t-test over queries (Holm over collections)')
+                  f'{compared}: paired t-tests over queries (Holm over collections and pairs)')

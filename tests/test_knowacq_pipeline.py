@@ -126,3 +126,27 @@ def test_full_grid_dry_run(cache, tmp_path):
     assert summary['dry_run'] and (tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv').exists()
     acc = pd.read_csv(tmp_path / 'dry' / 'tables' / 'probe_accuracy.csv')
     assert not acc.doc_model.str.contains('facebook|bert-base|Llama-2|repllama', case=False).any()
+
+
+def test_random_control_claim_pools_every_pair_and_collection(tmp_path):
+    """Each random-init system is compared with its pre-trained twin (same strategy, pooling, first stage) on every
+    collection that has both; mixed directions give 'partly consistent'."""
+    from pyterrier_knowacq.report_knowacq import _random_claim
+
+    def tags(backbone, first_stage):
+        return {'backbone': backbone, 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': first_stage}
+    systems = [{'name': 'BM25 >> FT', 'tags': tags('minilm-l6', 'bm25')},
+               {'name': 'BM25 >> RND', 'tags': tags('random:minilm-l6', 'bm25')},
+               {'name': 'Dense FT', 'tags': tags('minilm-l6', 'dense')},
+               {'name': 'Dense RND', 'tags': tags('random:minilm-l6', 'dense')}]
+    (tmp_path / 'meta.json').write_text(json.dumps({'study': 'knowacq', 'systems': systems,
+                                                    'collections': [{'name': 'dl19'}, {'name': 'scifact-test'}]}))
+    for coll, values in (('dl19', {'BM25 >> FT': 0.6, 'BM25 >> RND': 0.2}), ('scifact-test', {'Dense FT': 0.3, 'Dense RND': 0.35})):
+        (tmp_path / coll).mkdir()
+        rows = [(n, str(q), 'nDCG@10', v + q / 100) for q in range(8) for n, v in values.items()]
+        pd.DataFrame(rows, columns=['name', 'qid', 'measure', 'value']).to_csv(tmp_path / coll / 'perquery.csv', index=False)
+    acc = pd.DataFrame(columns=['group', 'data', 'model', 'n', 'probe', 'layer', 'accuracy'])
+    claim = _random_claim(tmp_path, acc)
+    assert claim['verdict'] == 'partly consistent'
+    assert 'dl19 (bm25): nDCG@10 pre-trained 0.635 vs random-init 0.235' in claim['ours']
+    assert 'scifact-test (dense)' in claim['ours'] and "'Dense FT' vs 'Dense RND'" in claim['detail']
