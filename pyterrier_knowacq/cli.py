@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -64,7 +65,17 @@ def cmd_leaderboard(args):
 def cmd_train(args):
     from .training.stages import train_from_config
     out = train_from_config(args.file)
-    print(f'[knowacq] model: {out}')
+    # validation-only selection table: the yardsticks are measured on queries carved from the training split
+    print('[knowacq] validation nDCG@10 (queries carved from the training split; the test split is never read):')
+    print(f'  {"model":<28} {"first stage":>11} {"start":>7} {"best":>7}  folder')
+    for name, folder in out.items():
+        info = json.loads((Path(folder) / 'training.json').read_text()) if (Path(folder) / 'training.json').exists() else {}
+        val = info.get('validation') or {}
+
+        def fmt(value):
+            return f'{value:7.4f}' if isinstance(value, (int, float)) else f'{"-":>7}'
+        print(f'  {name:<28} {fmt((val.get("first_stage") or {}).get("nDCG@10")):>11} '
+              f'{fmt((val.get("start") or {}).get("nDCG@10"))} {fmt(info.get("best_metric"))}  {folder}')
 
 
 def cmd_list(args):

@@ -59,7 +59,7 @@ class CrossEncoderModel(nn.Module):
             logits = self.backbone(**kwargs).logits
             return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
         hidden = self.backbone(**kwargs).last_hidden_state
-        return self.head(self.pooling(hidden, attention_mask)).squeeze(-1)
+        return self.head(self.pooling(hidden, attention_mask, token_type_ids)).squeeze(-1)
 
 
 class CrossEncoder(pt.Transformer):
@@ -104,11 +104,16 @@ class CrossEncoder(pt.Transformer):
         if pooling == 'cls' and is_decoder_config(encoder.config):
             raise KnowacqError(f'pooling "cls" cannot summarise a causal decoder ({backbone}): its first token sees '
                                'nothing after it; use pooling "last" or "mean"')
+        pool = get_pooling(pooling)
+        if pool.needs_segments and getattr(encoder.config, 'type_vocab_size', 0) < 2:
+            raise KnowacqError(f'pooling {pooling!r} needs segment ids (token_type_ids), which {backbone} does not have; '
+                               'use pooling "mean" or "cls"')
         generator = torch.Generator().manual_seed(seed)
         head = nn.Linear(encoder.config.hidden_size, 1)
         with torch.no_grad():
             head.weight.normal_(0.0, 0.02, generator=generator)
             head.bias.zero_()
+        pool.init_head(head)
         return cls(CrossEncoderModel(encoder, pooling, head), load_tokenizer(backbone), name=f'new:{backbone}:{pooling}', **kwargs)
 
     @classmethod

@@ -11,17 +11,23 @@ from typing import Dict, Type
 
 import torch
 
-__all__ = ['Pooling', 'ClsPooling', 'MeanPooling', 'LastTokenPooling', 'POOLINGS', 'get_pooling', 'last_token_index']
+__all__ = ['Pooling', 'ClsPooling', 'MeanPooling', 'LastTokenPooling', 'SegmentProductPooling', 'POOLINGS',
+           'get_pooling', 'last_token_index']
 
 
 class Pooling:
-    """Base class: ``__call__(hidden [B,T,H], attention_mask [B,T]) -> [B,H]``."""
+    """Base class: ``__call__(hidden [B,T,H], attention_mask [B,T], token_type_ids=None) -> [B,H]``."""
     name: str = ''
-    #: architectures (``config.model_type`` families) this pooling is meaningful for; ``None`` = any
+    #: whether a causal decoder can use it
     causal_ok: bool = True
+    #: whether it needs the pair's segment ids (``token_type_ids``): cross-encoder heads only
+    needs_segments: bool = False
 
-    def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
         raise NotImplementedError
+
+    def init_head(self, head: torch.nn.Linear) -> None:
+        """Initialise a fresh linear head on this pooling (``None``-op: callers keep their own random init)."""
 
     def __repr__(self):
         return f'{type(self).__name__}()'
@@ -38,7 +44,7 @@ class ClsPooling(Pooling):
     name = 'cls'
     causal_ok = False
 
-    def __call__(self, hidden, attention_mask):
+    def __call__(self, hidden, attention_mask, token_type_ids=None):
         first = first_token_index(attention_mask)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
 
@@ -47,7 +53,7 @@ class MeanPooling(Pooling):
     """Mean over real (non-padding) tokens; padding never leaks into the average."""
     name = 'mean'
 
-    def __call__(self, hidden, attention_mask):
+    def __call__(self, hidden, attention_mask, token_type_ids=None):
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
 
@@ -56,9 +62,44 @@ class LastTokenPooling(Pooling):
     """The true last non-padding token (the EOS for decoders), correct under left or right padding."""
     name = 'last'
 
-    def __call__(self, hidden, attention_mask):
+    def __call__(self, hidden, attention_mask, token_type_ids=None):
         idx = last_token_index(attention_mask)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+class SegmentProductPooling(Pooling):
+    """Cross-encoder head pooling: the element-wise product of the query-segment and passage-segment means.
+
+    Both segment means come from the *joint* encoding of ``[CLS] q [SEP] p [SEP]`` (every layer attends across the
+    pair), are L2-normalised, and multiplied per dimension (scaled by ``H`` so each feature is O(1)). A linear head on
+    this vector can express the cosine of the two means (all weights equal), which is what a sentence-embedding
+    backbone such as all-MiniLM-L6-v2 was trained to make meaningful; :meth:`init_head` starts the head there
+    (``scale * cos``), so fine-tuning starts from the backbone's similarity instead of a random score.
+    Needs ``token_type_ids`` (BERT-style pair encodings).
+    """
+    name = 'segment-product'
+    causal_ok = False
+    needs_segments = True
+    #: logit scale of the initial head (a softmax temperature of 1/20, as in contrastive sentence-embedding training)
+    scale = 20.0
+
+    def __call__(self, hidden, attention_mask, token_type_ids=None):
+        if token_type_ids is None:
+            raise ValueError('pooling "segment-product" needs token_type_ids to tell the query from the passage; '
+                             'use a BERT-style backbone (or pooling "mean")')
+        mask = attention_mask.to(hidden.dtype)
+        passage = mask * token_type_ids.to(hidden.dtype)
+        query = mask - passage
+        q = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp_min(1e-9)
+        p = (hidden * passage.unsqueeze(-1)).sum(1) / passage.sum(1, keepdim=True).clamp_min(1e-9)
+        q = torch.nn.functional.normalize(q, dim=-1)
+        p = torch.nn.functional.normalize(p, dim=-1)
+        return q * p * hidden.shape[-1]
+
+    def init_head(self, head):
+        with torch.no_grad():
+            head.weight.fill_(self.scale / head.weight.shape[1])
+            head.bias.zero_()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,7 +114,8 @@ def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.to(torch.int64).argmax(1)
 
 
-POOLINGS: Dict[str, Type[Pooling]] = {cls.name: cls for cls in (ClsPooling, MeanPooling, LastTokenPooling)}
+POOLINGS: Dict[str, Type[Pooling]] = {cls.name: cls for cls in (ClsPooling, MeanPooling, LastTokenPooling,
+                                                                   SegmentProductPooling)}
 
 
 def get_pooling(name) -> Pooling:

@@ -34,6 +34,10 @@ def test_two_stage_training_and_cache(cache, tmp_path):
     assert [s['cached'] for s in log['stages']] == [False, False]
     first = [h for h in log['stages'][0]['history'] if 'val_nDCG@10' in h]
     assert [h['step'] for h in first] == [2, 4] and all(0 <= h['val_nDCG@10'] <= 1 for h in first)
+    # the yardsticks a recipe is selected against: BM25 itself and the untrained start, on the same held-out queries
+    yard = log['stages'][0]['validation']
+    assert set(yard) == {'first_stage', 'start'} and 0 <= yard['first_stage']['nDCG@10'] <= 1
+    assert info['validation']['start']['nDCG@10'] >= 0
     ce = CrossEncoder.from_pretrained(str(folder))
     scores = ce.score_pairs(['what is a cat'], ['a cat is an animal'])
     assert scores.shape == (1,)

@@ -38,6 +38,7 @@ class RerankValidator:
         queries = dict(zip(topics['qid'].astype(str), topics['query'].astype(str)))
         self.qids = run['qid'].tolist()
         self.docnos = run['docno'].tolist()
+        self.run_scores = (run['score'].astype(float) if 'score' in run.columns else -run['rank'].astype(float)).to_numpy()
         self.queries = [queries[q] for q in self.qids]
         self.texts = [text_of(d) for d in self.docnos]
         self.qrels = qrels.assign(query_id=qrels['qid'].astype(str), doc_id=qrels['docno'].astype(str),
@@ -45,9 +46,15 @@ class RerankValidator:
         self.qrels = self.qrels[self.qrels['query_id'].isin(qids)]
 
     def __call__(self, ce) -> Dict[str, float]:
+        return self._measure(ce.score_pairs(self.queries, self.texts))
+
+    def first_stage(self) -> Dict[str, float]:
+        """The same measures for the first stage's own ranking of the validation queries (what re-ranking must beat)."""
+        return self._measure(self.run_scores)
+
+    def _measure(self, scores) -> Dict[str, float]:
         import ir_measures
         from ir_measures import RR, nDCG
-        scores = ce.score_pairs(self.queries, self.texts)
         run = pd.DataFrame({'query_id': self.qids, 'doc_id': self.docnos, 'score': scores.astype(float)})
         agg = ir_measures.calc_aggregate([nDCG @ 10, RR(rel=2) @ 10], self.qrels, run)
         return {'nDCG@10': float(agg[nDCG @ 10]), 'RR(rel=2)@10': float(agg[RR(rel=2) @ 10])}

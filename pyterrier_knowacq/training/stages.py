@@ -201,7 +201,12 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
                       max_grad_norm=stage.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
                       keep_best=bool(stage.get('keep_best', True)), checkpoint_every=int(stage.get('checkpoint_every', 50)),
                       progress=verbose, log_every=10)
-    return Trainer(task, cfg, work).train()
+    # the first stage and the untrained starting point on the same validation queries: the yardsticks a recipe is
+    # selected against (never the test fold)
+    yardsticks = {}
+    if task.validator is not None:
+        yardsticks = {'first_stage': task.validator.first_stage(), 'start': task.validator(ce)}
+    return Trainer(task, cfg, work).train(), yardsticks
 
 
 def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: Optional[Path] = None, seed: int = 42,
@@ -237,16 +242,18 @@ def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: 
             log.append({'stage': k, 'key': key, 'cached': True})
             continue
         work = root / f'{key}.work'
-        result = _train_stage(spec, stage, prev, dataset, train_split, seed, train_qids, val_qids, work, verbose)
+        result, yardsticks = _train_stage(spec, stage, prev, dataset, train_split, seed, train_qids, val_qids, work,
+                                          verbose)
         with atomic_directory(final, overwrite=True) as tmp:
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
             atomic_write_json(tmp / 'training.json', {'spec': spec, 'stage': k, 'dataset': dataset.name,
                                                       'split': train_split, 'seed': seed, 'steps': result.steps,
                                                       'best_metric': result.best_metric, 'selected': result.model_dir.name,
-                                                      'validation_qids': val_qids, 'history': result.history})
+                                                      'validation_qids': val_qids, 'validation': yardsticks,
+                                                      'history': result.history})
         shutil.rmtree(work, ignore_errors=True)
         log.append({'stage': k, 'key': key, 'cached': False, 'best_metric': result.best_metric,
-                    'selected': result.model_dir.name, 'history': result.history})
+                    'selected': result.model_dir.name, 'validation': yardsticks, 'history': result.history})
         prev = final
     if output_dir is not None:
         atomic_write_json(Path(output_dir) / 'training.json', {'model': str(prev), 'stages': log})
