@@ -15,11 +15,11 @@ def test_multistage_ci_grid_runs_and_reports(tmp_path, monkeypatch):
     out = run_experiment(EXPERIMENTS / 'multistage-ci.yaml', output=tmp_path / 'multistage-ci')
     meta = json.loads((out / 'meta.json').read_text())
     assert [c['name'] for c in meta['collections']] == ['dl19', 'dl20']
-    assert set(meta['models']['dl19']) == {'C', 'D', 'C-D', 'D-C'}
+    assert set(meta['models']['dl19']) == {'C', 'D', 'C-D', 'D-C', 'ColBERT'}
     assert meta['models']['dl19']['C'] != meta['models']['dl20']['C']  # one model per fold
     for coll in ('dl19', 'dl20'):
         agg = pd.read_csv(out / coll / 'aggregated.csv')
-        assert len(agg) == 10 and agg['nDCG@10'].between(0, 1).all()
+        assert len(agg) == 12 and agg['nDCG@10'].between(0, 1).all()
         assert agg.set_index('name').loc['BM25 >> D', 'nDCG@10 p-value'] >= 0  # paired test against C
     text = write_report([out])
     claims = json.loads((out / 'report.json').read_text())['claims']
