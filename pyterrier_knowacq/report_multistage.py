@@ -61,11 +61,17 @@ def _norm_strategy(s: str) -> str:
     return s.upper()
 
 
+STRATEGIES = ('C', 'D', 'C-D', 'D-C')
+
+
 def _parse(name: str) -> Tuple[str, Optional[str]]:
+    """``'BM25 >> ColBERT >> C'`` -> ``('BM25 >> ColBERT', 'C')``; a name whose last stage is no fine-tuning strategy
+    (``'BM25'``, ``'BM25 >> ColBERT'``) is a first stage: ``(name, None)``. ``'BM25 >> C @100'`` -> ``'C@100'``."""
     parts = [p.strip() for p in str(name).split('>>')]
-    if len(parts) == 1:
-        return parts[0], None
-    return parts[0], _norm_strategy(parts[-1])
+    last = _norm_strategy(parts[-1])
+    if len(parts) == 1 or last.split('@')[0] not in STRATEGIES:
+        return ' >> '.join(parts), None
+    return ' >> '.join(parts[:-1]), last
 
 
 def _load(folder: Path, measure: str) -> Tuple[pd.DataFrame, dict]:

@@ -45,3 +45,14 @@ def test_missing_systems_and_folder(tmp_path):
     assert {r['verdict'] for r in rows[1:]} == {'n/a'}
     with pytest.raises(KnowacqError, match='no meta.json'):
         claims(tmp_path / 'nothing')
+
+
+def test_system_names_split_into_first_stage_and_strategy():
+    from pyterrier_knowacq.report_multistage import _parse
+    assert _parse('BM25') == ('BM25', None)
+    assert _parse('BM25 >> C') == ('BM25', 'C')
+    assert _parse('BM25 >> C @100') == ('BM25', 'C@100')
+    assert _parse('TAS-B >> D→C') == ('TAS-B', 'D-C')
+    # a ColBERT stage is part of the first stage, not a strategy, so "BM25 >> ColBERT >> C" never shadows "BM25 >> C"
+    assert _parse('BM25 >> ColBERT') == ('BM25 >> ColBERT', None)
+    assert _parse('BM25 >> ColBERT >> C-D') == ('BM25 >> ColBERT', 'C-D')
