@@ -194,3 +194,15 @@ def test_kl_distillation_from_a_teacher_run(tmp_path, monkeypatch):
     folder = train_colbert(spec, dataset='msmarco-passage', train_split='dl20', seed=0)
     info = json.loads((folder / 'training.json').read_text())
     assert info['steps'] == 2 and np.isfinite([h['loss'] for h in info['history']]).all()
+
+
+def test_pylate_backend_gives_the_native_scores(checkpoint):
+    """Where pylate is importable (e.g. PYTHONPATH=<pylate pins, see ECOSYSTEM.md>), the same stage name backed by
+    pylate reads our checkpoint and agrees with the native MaxSim."""
+    pytest.importorskip('pylate')
+    frame = _frame()
+    native = ColBERT(checkpoint).transform(frame).sort_values(['qid', 'docno'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        peer = ColBERT(checkpoint, backend='pylate').transform(frame).sort_values(['qid', 'docno'])
+    np.testing.assert_allclose(peer['score'].to_numpy(), native['score'].to_numpy(), atol=1e-4)
