@@ -2,7 +2,10 @@
 implementation, on the same MiniLM-based ColBERT checkpoint and real DL19 BM25 candidates.
 
 Run:  OMP_NUM_THREADS=2 pytest benchmarks/bench_colbert.py --benchmark-only -s
-(pylate, when installed with its pins, is picked up from the import path, e.g. PYTHONPATH=/path/to/pylate_pkgs.)
+(pylate, when installed with its pins, is picked up from the import path, e.g. PYTHONPATH=/path/to/pylate_pkgs after
+ pip install --target /path/to/pylate_pkgs --no-deps pylate==1.6.0 sentence-transformers==5.3.0 transformers==5.3.0 \
+     ujson fastkmeans voyager==2.1.0 httpx httpcore anyio sniffio h11 tokenizers==0.22.2 "huggingface-hub>=1.3,<2"
+ ; our stage then runs on the same transformers 5.3 in the same process.)
 """
 import time
 import warnings
