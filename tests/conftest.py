@@ -47,3 +47,15 @@ def beir_folder(tmp_path):
     (root / 'queries.jsonl').write_text(json.dumps({'_id': 'q1', 'text': 'cat'}) + '\n' + json.dumps({'_id': 'q2', 'text': 'dog barking'}) + '\n')
     (root / 'qrels' / 'test.tsv').write_text('query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td5\t2\nq2\td2\t1\n')
     return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty knowacq cache that still sees the tiny test models."""
+    from pyterrier_knowacq.backbones import resolve_model
+    models = tmp_path / 'cache' / 'models'
+    models.mkdir(parents=True)
+    for name in ('tiny-bert', 'tiny-llama'):
+        os.symlink(resolve_model(name), models / name)
+    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
+    return tmp_path / 'cache'

@@ -1,18 +1,4 @@
-import os
-
 import pytest
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty knowacq cache that still sees the tiny test models."""
-    from pyterrier_knowacq.backbones import resolve_model
-    models = tmp_path / 'cache' / 'models'
-    models.mkdir(parents=True)
-    for name in ('tiny-bert', 'tiny-llama'):
-        os.symlink(resolve_model(name), models / name)
-    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
-    return tmp_path / 'cache'
 
 
 def test_each_model_and_pooling_gets_its_own_index(cache, beir_folder):

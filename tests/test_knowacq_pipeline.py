@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -9,17 +8,6 @@ import yaml
 from pyterrier_knowacq._util import KnowacqError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    from pyterrier_knowacq.backbones import resolve_model
-    models = tmp_path / 'cache' / 'models'
-    models.mkdir(parents=True)
-    for name in ('tiny-bert', 'tiny-llama'):
-        os.symlink(resolve_model(name), models / name)
-    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
-    return tmp_path
 
 
 CONFIG = {
