@@ -343,8 +343,7 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
         if validator is not None:
             task.model.eval()   # (the trainer switches it back to training mode)
             yardsticks['start'] = validator(PairScorer(bienc))
-            if hasattr(validator, 'first_stage'):
-                yardsticks['first_stage'] = validator.first_stage()
+            yardsticks['first_stage'] = validator.first_stage()
         work = final.with_name(f'{key}.work')
         result = Trainer(task, cfg, work).train()
         with atomic_directory(final, overwrite=True) as tmp:
