@@ -18,7 +18,7 @@ import pyterrier as pt
 from ._util import KnowacqError, atomic_write_text, cache_dir
 from .datasets import Dataset, get_dataset
 
-__all__ = ['PisaBM25', 'TerrierBM25', 'pisa_index']
+__all__ = ['PisaBM25', 'TerrierBM25', 'pisa_index', 'named_run']
 
 
 @contextlib.contextmanager
@@ -121,3 +121,22 @@ def TerrierBM25(dataset, num_results: int = 1000):
     if not (folder / 'data.properties').exists():
         pt.IterDictIndexer(str(folder), meta={'docno': 64}).index(dataset.get_corpus_iter())
     return pt.terrier.Retriever(str(folder), wmodel='BM25', num_results=num_results)
+
+
+def named_run(dataset, name: str, split, topics: pd.DataFrame = None, depth: int = 100) -> pd.DataFrame:
+    """A first-stage run by name, for training data and validation candidates: a TREC run file path, a run the
+    dataset ships (e.g. ``bm25``, ``tas-b``, ``rankgpt-3.5``), or, for ``bm25`` where none ships, PISA BM25 over the
+    dataset's corpus for ``topics`` (default: all topics of ``split``)."""
+    from pathlib import Path
+    from .datasets import read_run
+    path = Path(str(name)).expanduser()
+    if path.exists():
+        return read_run(path)
+    try:
+        return dataset.get_run(name, split)
+    except KnowacqError:
+        if name != 'bm25':
+            raise
+    if topics is None:
+        topics = dataset.get_topics(split)
+    return PisaBM25(dataset, num_results=depth)(topics[['qid', 'query']])

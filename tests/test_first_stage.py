@@ -34,3 +34,19 @@ def test_pisa_index_rebuilt_when_corpus_changes(beir_folder, tmp_path, monkeypat
     os.utime(beir_folder / 'corpus.jsonl', (later, later))
     ds = BeirDataset(beir_folder, 'mini2')
     assert PisaBM25(ds)(q)['docno'].tolist() == ['d6']
+
+
+def test_named_run_reads_a_file_ships_or_falls_back_to_bm25(beir_folder, tmp_path, monkeypatch):
+    import pytest
+    from pyterrier_knowacq._util import KnowacqError
+    from pyterrier_knowacq.datasets import BeirDataset
+    from pyterrier_knowacq.first_stage import named_run
+    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
+    ds = BeirDataset(beir_folder, 'mini3')
+    run_file = tmp_path / 'teacher.run'
+    run_file.write_text('q1 Q0 d5 1 9.0 t\nq1 Q0 d1 2 8.0 t\n')
+    assert named_run(ds, str(run_file), 'test')['docno'].tolist() == ['d5', 'd1']
+    bm25 = named_run(ds, 'bm25', 'test', topics=ds.get_topics('test').head(1), depth=2)
+    assert set(bm25['qid']) == {'q1'} and len(bm25) == 2
+    with pytest.raises(KnowacqError):
+        named_run(ds, 'no-such-run', 'test')

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
+from ..first_stage import named_run
 
 __all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS']
 
@@ -195,18 +196,6 @@ def _dry_backbone(name: str) -> str:
     return f'random:{tiny}@1' if name.startswith('random:') else tiny   # @1: random:tiny-bert@0 == tiny-bert
 
 
-def _first_stage_run(dataset, run_name: str, split, topics, depth: int):
-    """The run the groups' negatives (and the validation candidates) come from: a run the dataset ships, else (for
-    ``bm25``) PISA BM25 over its corpus for ``topics``."""
-    try:
-        return dataset.get_run(run_name, split)
-    except KnowacqError:
-        if run_name != 'bm25':
-            raise
-    from ..first_stage import PisaBM25
-    return PisaBM25(dataset, num_results=depth)(topics[['qid', 'query']])
-
-
 def _judged_topics(dataset, split):
     topics, qrels = dataset.get_topics(split), dataset.get_qrels(split)
     return topics[topics['qid'].astype(str).isin(set(qrels['qid'].astype(str)))], qrels
@@ -217,7 +206,7 @@ def _groups(spec, dataset, split, seed, qids=None):
     data = dict(spec.get('data') or {})
     topics, qrels = _judged_topics(dataset, split)
     depth = int(data.get('depth', 30))
-    run = _first_stage_run(dataset, data.get('run', 'bm25'), split, topics, depth + 10)
+    run = named_run(dataset, data.get('run', 'bm25'), split, topics, depth + 10)
     known = set(dataset._texts)
     groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data.get('rel_threshold', 1)),
                                    neg_max_label=data.get('neg_max_label'), per_positive=bool(data.get('per_positive', False)),
@@ -243,7 +232,7 @@ def _validation(spec, dataset, split, seed):
     train_qids, val_qids = split_validation(topics['qid'], int(val['queries']), seed)
     depth = int(val.get('depth', 30))
     held = topics[topics['qid'].astype(str).isin(val_qids)]
-    run = _first_stage_run(dataset, val.get('run', 'bm25'), split, held, depth)
+    run = named_run(dataset, val.get('run', 'bm25'), split, held, depth)
     texts = dataset._texts
     run = run[run['docno'].astype(str).isin(texts)]
     return train_qids, val_qids, RerankValidator(held, qrels, run, texts.__getitem__, depth=depth)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
+from ..first_stage import named_run
 
 __all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
 
@@ -88,7 +89,7 @@ def _validator(spec, dataset, split, val_qids, text_of):
         return None
     topics = dataset.get_topics(split)
     topics = topics[topics['qid'].astype(str).isin(val_qids)]
-    return RerankValidator(topics, dataset.get_qrels(split), _get_run(dataset, v.get('run', 'bm25'), split), text_of,
+    return RerankValidator(topics, dataset.get_qrels(split), named_run(dataset, v.get('run', 'bm25'), split), text_of,
                            depth=int(v.get('depth', 30)))
 
 
@@ -108,23 +109,6 @@ def _freeze(model, n_layers):
         layer.requires_grad_(False)
 
 
-def _get_run(dataset, name: str, split, depth: int = 100):
-    """A run by name: a TREC file path, a run the dataset ships, or (``bm25`` where none ships) PISA BM25 retrieval."""
-    from pathlib import Path as _P
-    from ..datasets import read_run
-    path = _P(str(name)).expanduser()
-    if path.exists():
-        return read_run(path)
-    try:
-        return dataset.get_run(name, split)
-    except KnowacqError:
-        if name != 'bm25':
-            raise
-    from ..first_stage import PisaBM25
-    topics = dataset.get_topics(split)
-    return PisaBM25(dataset, num_results=depth)(topics)
-
-
 def _stage_items(stage, dataset, split, train_qids, seed, text_known):
     from . import examples as ex
     data = dict(stage.get('data') or {})
@@ -136,11 +120,11 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known):
         if not teachers:
             raise KnowacqError('a ranknet stage needs `data: {teacher: <run name(s)>}`, e.g. rankgpt-3.5')
         teachers = [teachers] if isinstance(teachers, str) else list(teachers)
-        items = ex.teacher_lists(topics, [_get_run(dataset, t, split) for t in teachers], qids=train_qids,
+        items = ex.teacher_lists(topics, [named_run(dataset, t, split) for t in teachers], qids=train_qids,
                                  known_docnos=text_known)
         return items, int(data.get('list_length', 20)), None, data.get('select', 'random')
     run_name = data.get('run', 'bm25')
-    run = _get_run(dataset, run_name, split, int(data.get('depth', 100)))
+    run = named_run(dataset, run_name, split, depth=int(data.get('depth', 100)))
     rel = int(data.get('rel_threshold', 1))
     items = ex.contrastive_groups(topics, dataset.get_qrels(split), run, depth=int(data.get('depth', 100)),
                                   rel_threshold=rel, neg_max_label=data.get('neg_max_label'),
