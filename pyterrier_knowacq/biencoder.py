@@ -26,6 +26,7 @@ from torch import nn
 from ._batching import default_device, pad_batch, run_sorted, tokenize
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .packed import last_hidden_state
 from .pooling import get_pooling
 
 __all__ = ['BiEncoder']
@@ -159,7 +160,9 @@ class BiEncoder(pyterrier_dr.BiEncoder):
         kwargs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
         if 'token_type_ids' in kwargs and getattr(encoder.config, 'type_vocab_size', 0) < 1:
             kwargs.pop('token_type_ids')
-        vec = self.pooling(encoder(**kwargs).last_hidden_state, batch['attention_mask'])
+        hidden = last_hidden_state(encoder, kwargs['input_ids'], kwargs['attention_mask'], kwargs.get('token_type_ids'),
+                                   first_only=getattr(self.pooling, 'name', None) == 'cls')
+        vec = self.pooling(hidden, batch['attention_mask'])
         return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
 
     def encode_torch(self, texts: List[str], role: str = 'doc') -> torch.Tensor:

@@ -31,6 +31,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 from ._util import KnowacqError, atomic_directory, atomic_write_json
+from .packed import packed_hidden_states, supports_packing
 
 __all__ = ['ColBERTModel', 'ColBERT', 'maxsim', 'maxsim_matrix', 'DEFAULT_CONFIG', 'BACKENDS']
 
@@ -250,8 +251,13 @@ class ColBERTModel(_torch().nn.Module):
         """``(D [B, L, dim], keep [B, L] bool)``: vectors of padding and punctuation positions are zero and not kept."""
         torch = _torch()
         keep = mask.bool() & ~torch.isin(ids, self._skip_tensor.to(ids.device))
-        D = self._project(ids, mask) * keep.unsqueeze(2)
-        return D, keep
+        if not torch.is_grad_enabled() and supports_packing(self.bert):
+            # scoring and indexing: the encoder skips padding, and punctuation in its last layer (same vectors)
+            hidden = packed_hidden_states(self.bert, ids, mask, out_mask=keep)
+            D = torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
+        else:
+            D = self._project(ids, mask)
+        return D * keep.unsqueeze(2), keep
 
 
 def maxsim(Q, D, keep):

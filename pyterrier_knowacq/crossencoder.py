@@ -22,6 +22,7 @@ from torch import nn
 from ._batching import default_device, run_sorted, tokenize
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .packed import last_hidden_state
 from .pooling import get_pooling
 
 __all__ = ['CrossEncoder', 'CrossEncoderModel']
@@ -58,7 +59,8 @@ class CrossEncoderModel(nn.Module):
         if self.classifier:
             logits = self.backbone(**kwargs).logits
             return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
-        hidden = self.backbone(**kwargs).last_hidden_state
+        hidden = last_hidden_state(self.backbone, input_ids, attention_mask, kwargs.get('token_type_ids'),
+                                   first_only=getattr(self.pooling, 'name', None) == 'cls')
         return self.head(self.pooling(hidden, attention_mask, token_type_ids)).squeeze(-1)
 
 
