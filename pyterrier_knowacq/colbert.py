@@ -412,12 +412,18 @@ def _load_adapter(backend: str, checkpoint: str, owner: 'ColBERT'):
     except ImportError:
         raise KnowacqError("backend='pyterrier_colbert' needs pyterrier_colbert (pip install "
                            "git+https://github.com/terrierteam/pyterrier_colbert), or use backend='native'") from None
-    scorer = ColBERTModelOnlyFactory(checkpoint).text_scorer(doc_attr=owner.text_field)
+    # its defaults are gpu=True and mask_punctuation=False (ColBERTv1); ask for the device and ColBERTv2's skip-list
+    factory = ColBERTModelOnlyFactory(str(_checkpoint_folder(checkpoint)), gpu=owner.device.type == 'cuda',
+                                      mask_punctuation=True)
+    scorer = factory.text_scorer(doc_attr=owner.text_field)
 
     def score(queries, texts):
-        frame = pd.DataFrame({'qid': [str(i) for i in range(len(queries))], 'query': queries,
-                              'docno': [str(i) for i in range(len(texts))], owner.text_field: texts})
-        return scorer(frame).sort_values('docno', key=lambda s: s.astype(int))['score'].to_numpy()
+        qid_of = {}
+        frame = pd.DataFrame({'qid': [qid_of.setdefault(q, str(len(qid_of))) for q in queries], 'query': list(queries),
+                              'docno': [str(i) for i in range(len(texts))], owner.text_field: list(texts)})
+        # it returns each query's documents ranked; put the scores back in input order
+        out = scorer(frame).astype({'docno': int}).set_index('docno')['score']
+        return out.reindex(range(len(texts))).to_numpy()
     return score
 
 

@@ -206,3 +206,35 @@ def test_pylate_backend_gives_the_native_scores(checkpoint):
         warnings.simplefilter('ignore')
         peer = ColBERT(checkpoint, backend='pylate').transform(frame).sort_values(['qid', 'docno'])
     np.testing.assert_allclose(peer['score'].to_numpy(), native['score'].to_numpy(), atol=1e-4)
+
+
+def test_pyterrier_colbert_adapter_follows_its_api(checkpoint, monkeypatch):
+    """pyterrier_colbert is GitHub-only, so this checks the adapter against its API (ColBERTModelOnlyFactory(checkpoint,
+    gpu=, mask_punctuation=).text_scorer(doc_attr=) -> per-query ranked frame) with a stand-in module that scores with
+    our model: arguments, grouping by query and the return to input order."""
+    import types
+    import pyterrier as pt
+    calls = {}
+
+    class Factory:
+        def __init__(self, colbert_model, gpu=True, mask_punctuation=False, dim=128):
+            calls.update(checkpoint=colbert_model, gpu=gpu, mask_punctuation=mask_punctuation)
+            self.native = ColBERT(colbert_model)
+
+        def text_scorer(self, query_encoded=False, doc_attr='text', verbose=False):
+            def score(df):
+                calls.setdefault('groups', []).append(df.groupby('qid').ngroups)
+                res = self.native(df.rename(columns={doc_attr: 'text'}))
+                return res.sort_values(['qid', 'score'], ascending=[True, False])[['qid', 'query', 'docno', 'score', 'rank']]
+            return pt.apply.generic(score)
+
+    ranking = types.ModuleType('pyterrier_colbert.ranking')
+    ranking.ColBERTModelOnlyFactory = Factory
+    monkeypatch.setitem(sys.modules, 'pyterrier_colbert', types.ModuleType('pyterrier_colbert'))
+    monkeypatch.setitem(sys.modules, 'pyterrier_colbert.ranking', ranking)
+    frame = _frame()
+    got = ColBERT(checkpoint, backend='pyterrier_colbert', device='cpu')(frame)
+    want = ColBERT(checkpoint)(frame)
+    assert calls['gpu'] is False and calls['mask_punctuation'] is True and calls['checkpoint'] == str(checkpoint)
+    assert calls['groups'] == [frame['query'].nunique()]
+    np.testing.assert_allclose(got['score'].to_numpy(), want['score'].to_numpy(), atol=1e-6)
