@@ -22,7 +22,7 @@ from torch import nn
 from ._batching import default_device, run_sorted, tokenize
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_tokenizer, resolve_model
-from .packed import last_hidden_state
+from .packed import classifier_logits, last_hidden_state
 from .pooling import get_pooling
 
 __all__ = ['CrossEncoder', 'CrossEncoderModel']
@@ -57,7 +57,7 @@ class CrossEncoderModel(nn.Module):
         if token_type_ids is not None and getattr(self.backbone.config, 'type_vocab_size', 0) > 1:
             kwargs['token_type_ids'] = token_type_ids
         if self.classifier:
-            logits = self.backbone(**kwargs).logits
+            logits = classifier_logits(self.backbone, input_ids, attention_mask, kwargs.get('token_type_ids'))
             return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
         hidden = last_hidden_state(self.backbone, input_ids, attention_mask, kwargs.get('token_type_ids'),
                                    first_only=getattr(self.pooling, 'name', None) == 'cls')

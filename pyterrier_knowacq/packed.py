@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ['supports_packing', 'packed_hidden_states', 'last_hidden_state']
+__all__ = ['supports_packing', 'packed_hidden_states', 'last_hidden_state', 'classifier_logits']
 
 
 def supports_packing(encoder) -> bool:
@@ -100,3 +100,18 @@ def last_hidden_state(encoder, input_ids: torch.Tensor, attention_mask: torch.Te
         out_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
         out_mask[:, 0] = True
     return packed_hidden_states(encoder, input_ids, attention_mask, out_mask, token_type_ids)
+
+
+def classifier_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``model(...).logits`` of a ``BertForSequenceClassification`` (e.g. cross-encoder/ms-marco-MiniLM-L6-v2), packed
+    when scoring: its head reads the [CLS] state only, so the last layer computes that position alone."""
+    bert = getattr(model, 'bert', None)
+    if (torch.is_grad_enabled() or model.training or bert is None or getattr(bert, 'pooler', None) is None
+            or not hasattr(model, 'classifier') or not supports_packing(bert)):
+        kwargs = {'input_ids': input_ids, 'attention_mask': attention_mask}
+        if token_type_ids is not None:
+            kwargs['token_type_ids'] = token_type_ids
+        return model(**kwargs).logits
+    hidden = last_hidden_state(bert, input_ids, attention_mask, token_type_ids, first_only=True)
+    return model.classifier(bert.pooler(hidden))      # dropout is the identity in eval mode

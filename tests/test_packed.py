@@ -72,3 +72,21 @@ def test_bi_encoder_vectors_are_unchanged_by_packing(pooling, monkeypatch):
     assert calls, 'encoding did not take the packed path'
     monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
     np.testing.assert_allclose(got, model.encode_docs(texts), atol=1e-5)
+
+
+def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, monkeypatch):
+    import pyterrier_knowacq.packed as packed
+    from transformers import AutoModelForSequenceClassification
+    from pyterrier_knowacq.backbones import load_tokenizer, resolve_model
+    from pyterrier_knowacq.crossencoder import CrossEncoder
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(resolve_model('tiny-bert'), num_labels=1).save_pretrained(tmp_path)
+    load_tokenizer('tiny-bert').save_pretrained(tmp_path)
+    ce = CrossEncoder.from_pretrained(str(tmp_path))
+    q, d = ['cats', 'dogs eat what'], ['a cat purrs, sleeps.', 'dogs eat meat and kibble and more meat']
+    calls = []
+    monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or _packed(*a, **k))
+    got = ce.score_pairs(q, d)
+    assert calls
+    monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
+    torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(ce.score_pairs(q, d)), atol=1e-5, rtol=1e-5)
