@@ -53,8 +53,7 @@ def packed_hidden_states(encoder, input_ids: torch.Tensor, attention_mask: torch
     B, L = input_ids.shape
     mask = attention_mask.bool()
     out_mask = mask if out_mask is None else (out_mask.bool() & mask)
-    flat = mask.reshape(-1)
-    where = flat.nonzero().squeeze(1)                       # padded position of each packed token
+    where = mask.reshape(-1).nonzero().squeeze(1)           # padded position of each packed token
     positions = torch.arange(L, device=input_ids.device).repeat(B)[where]   # BertModel's: the column, any padding side
     types = torch.zeros_like(positions) if token_type_ids is None else token_type_ids.reshape(-1)[where]
     x = encoder.embeddings(input_ids=input_ids.reshape(-1)[where][None], position_ids=positions[None],
