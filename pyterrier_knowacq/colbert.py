@@ -31,7 +31,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 from ._util import KnowacqError, atomic_directory, atomic_write_json
-from .packed import packed_hidden_states, supports_packing
+from .packed import last_hidden_state
 
 __all__ = ['ColBERTModel', 'ColBERT', 'maxsim', 'maxsim_matrix', 'DEFAULT_CONFIG', 'BACKENDS']
 
@@ -251,12 +251,9 @@ class ColBERTModel(_torch().nn.Module):
         """``(D [B, L, dim], keep [B, L] bool)``: vectors of padding and punctuation positions are zero and not kept."""
         torch = _torch()
         keep = mask.bool() & ~torch.isin(ids, self._skip_tensor.to(ids.device))
-        if not torch.is_grad_enabled() and supports_packing(self.bert):
-            # scoring and indexing: the encoder skips padding, and punctuation in its last layer (same vectors)
-            hidden = packed_hidden_states(self.bert, ids, mask, out_mask=keep)
-            D = torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
-        else:
-            D = self._project(ids, mask)
+        # scoring and indexing run packed: no padding, and no punctuation in the last layer (the same vectors)
+        hidden = last_hidden_state(self.bert, ids, mask, out_mask=keep)
+        D = torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
         return D * keep.unsqueeze(2), keep
 
 

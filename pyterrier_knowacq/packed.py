@@ -82,19 +82,24 @@ def packed_hidden_states(encoder, input_ids: torch.Tensor, attention_mask: torch
     return out.view(B, L, -1)
 
 
+def _standard_forward(model, input_ids, attention_mask, token_type_ids):
+    kwargs = {'input_ids': input_ids, 'attention_mask': attention_mask}
+    if token_type_ids is not None:
+        kwargs['token_type_ids'] = token_type_ids
+    return model(**kwargs)
+
+
 def last_hidden_state(encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      token_type_ids: Optional[torch.Tensor] = None, first_only: bool = False) -> torch.Tensor:
+                      token_type_ids: Optional[torch.Tensor] = None, first_only: bool = False,
+                      out_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``encoder(...).last_hidden_state``, packed when scoring (no gradients) with a BERT encoder.
 
-    ``first_only``: the caller reads position 0 only (CLS pooling), so the last layer computes it alone when every
-    sequence starts there (right padding).
+    ``out_mask``: the positions the caller reads (see :func:`packed_hidden_states`); ``first_only``: it reads position
+    0 only (CLS pooling), so the last layer computes it alone when every sequence starts there (right padding). The
+    standard forward, taken when training or for other encoders, returns every position.
     """
     if torch.is_grad_enabled() or not supports_packing(encoder):
-        kwargs = {'input_ids': input_ids, 'attention_mask': attention_mask}
-        if token_type_ids is not None:
-            kwargs['token_type_ids'] = token_type_ids
-        return encoder(**kwargs).last_hidden_state
-    out_mask = None
+        return _standard_forward(encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
     if first_only and bool(attention_mask[:, 0].all()):
         out_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
         out_mask[:, 0] = True
@@ -106,11 +111,8 @@ def classifier_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """``model(...).logits`` of a ``BertForSequenceClassification`` (e.g. cross-encoder/ms-marco-MiniLM-L6-v2), packed
     when scoring: its head reads the [CLS] state only, so the last layer computes that position alone."""
     bert = getattr(model, 'bert', None)
-    if (torch.is_grad_enabled() or model.training or bert is None or getattr(bert, 'pooler', None) is None
+    if (torch.is_grad_enabled() or bert is None or getattr(bert, 'pooler', None) is None
             or not hasattr(model, 'classifier') or not supports_packing(bert)):
-        kwargs = {'input_ids': input_ids, 'attention_mask': attention_mask}
-        if token_type_ids is not None:
-            kwargs['token_type_ids'] = token_type_ids
-        return model(**kwargs).logits
+        return _standard_forward(model, input_ids, attention_mask, token_type_ids).logits
     hidden = last_hidden_state(bert, input_ids, attention_mask, token_type_ids, first_only=True)
     return model.classifier(bert.pooler(hidden))      # dropout is the identity in eval mode

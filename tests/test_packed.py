@@ -4,7 +4,14 @@ import torch
 from pyterrier_knowacq.backbones import load_encoder
 from pyterrier_knowacq.packed import packed_hidden_states, supports_packing
 
-_packed = packed_hidden_states
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """A list that grows by one on every packed forward (so a test can assert the packed path was taken)."""
+    import pyterrier_knowacq.packed as packed
+    calls = []
+    monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or packed_hidden_states(*a, **k))
+    return calls
 
 
 @pytest.mark.parametrize('side', ['right', 'left'])
@@ -45,36 +52,32 @@ def test_training_mode_and_decoders_use_the_standard_forward():
 
 
 @pytest.mark.parametrize('pooling', ['cls', 'mean', 'segment-product'])
-def test_cross_encoder_scores_are_unchanged_by_packing(pooling, monkeypatch):
+def test_cross_encoder_scores_are_unchanged_by_packing(pooling, packed_calls, monkeypatch):
     import pyterrier_knowacq.packed as packed
     from pyterrier_knowacq.crossencoder import CrossEncoder
     ce = CrossEncoder.new('tiny-bert', pooling=pooling, seed=0)
     q = ['cats', 'what do dogs eat', 'fish']
     d = ['a cat purrs, sleeps and eats.', 'dogs eat meat and kibble', 'goldfish swim in a bowl of water all day']
-    calls = []
-    monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or _packed(*a, **k))
     packed_scores = ce.score_pairs(q, d)
-    assert calls, 'scoring did not take the packed path'
+    assert packed_calls, 'scoring did not take the packed path'
     monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
     torch.testing.assert_close(torch.as_tensor(packed_scores), torch.as_tensor(ce.score_pairs(q, d)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('pooling', ['cls', 'mean'])
-def test_bi_encoder_vectors_are_unchanged_by_packing(pooling, monkeypatch):
+def test_bi_encoder_vectors_are_unchanged_by_packing(pooling, packed_calls, monkeypatch):
     import numpy as np
     import pyterrier_knowacq.packed as packed
     from pyterrier_knowacq.biencoder import BiEncoder
     model = BiEncoder.from_pretrained('tiny-bert', pooling=pooling)
     texts = ['a cat purrs', 'dogs eat meat and kibble, mostly', 'x']
-    calls = []
-    monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or _packed(*a, **k))
     got = model.encode_docs(texts)
-    assert calls, 'encoding did not take the packed path'
+    assert packed_calls, 'encoding did not take the packed path'
     monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
     np.testing.assert_allclose(got, model.encode_docs(texts), atol=1e-5)
 
 
-def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, monkeypatch):
+def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, packed_calls, monkeypatch):
     import pyterrier_knowacq.packed as packed
     from transformers import AutoModelForSequenceClassification
     from pyterrier_knowacq.backbones import load_tokenizer, resolve_model
@@ -84,9 +87,21 @@ def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, mon
     load_tokenizer('tiny-bert').save_pretrained(tmp_path)
     ce = CrossEncoder.from_pretrained(str(tmp_path))
     q, d = ['cats', 'dogs eat what'], ['a cat purrs, sleeps.', 'dogs eat meat and kibble and more meat']
-    calls = []
-    monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or _packed(*a, **k))
     got = ce.score_pairs(q, d)
-    assert calls
+    assert packed_calls
     monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
     torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(ce.score_pairs(q, d)), atol=1e-5, rtol=1e-5)
+
+
+def test_colbert_document_vectors_are_unchanged_by_packing(packed_calls, monkeypatch):
+    import pyterrier_knowacq.packed as packed
+    from pyterrier_knowacq.colbert import ColBERTModel
+    model = ColBERTModel.new('tiny-bert', dim=16, seed=0).eval()
+    ids, mask = model.tokenize_docs(['a cat, purring; sleeps.', 'dogs bark at the postman every day'])
+    with torch.inference_mode():
+        got, keep = model.encode_docs(ids, mask)
+        assert packed_calls, 'ColBERT document encoding did not take the packed path'
+        monkeypatch.setattr(packed, 'supports_packing', lambda encoder: False)
+        want, keep_ref = model.encode_docs(ids, mask)
+    assert torch.equal(keep, keep_ref) and not keep.all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
