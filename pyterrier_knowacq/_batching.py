@@ -1,10 +1,15 @@
-"""Length-sorted dynamic-padding inference shared by the bi-encoder, the cross-encoder and ColBERT."""
+"""Inference shared by the bi-encoder, the cross-encoder and ColBERT: length-sorted dynamic padding, encoding each
+distinct input once, and the input checks and output columns common to the re-rankers."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
+import pyterrier as pt
 import torch
+
+from ._util import KnowacqError
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> List[np.ndarray]:
@@ -52,3 +57,50 @@ def run_sorted(fn: Callable[[dict], torch.Tensor], tokenizer, enc, batch_size: i
 
 def default_device() -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def distinct(*columns: Sequence, enabled: bool = True, sort: bool = False) -> Tuple[np.ndarray, List[list]]:
+    """``(codes, uniques)``: row ``i`` of the columns is ``uniques[c][codes[i]]`` for each column ``c``.
+
+    Identical rows (e.g. a document retrieved for several queries) share one code, so a caller computes each distinct
+    row once and broadcasts the result with ``result[codes]``. Uniques come in order of first appearance, so input
+    without repeats is computed exactly as before (same order, same batches), or sorted with ``sort=True``.
+    ``enabled=False`` keeps every row (codes ``0..n-1``): the per-row path.
+    """
+    n = len(columns[0])
+    if not enabled:
+        return np.arange(n), [list(c) for c in columns]
+    key, sizes, col_uniques = np.zeros(n, dtype=np.int64), [], []
+    for col in columns:
+        codes, uniques = pd.factorize(np.asarray(col, dtype=object), sort=sort)
+        key = key * len(uniques) + codes      # one int per row; < prod(len(uniques)) <= n ** len(columns)
+        col_uniques.append(uniques)
+        sizes.append(len(uniques))
+    codes, keys = pd.factorize(key, sort=sort)
+    uniques = []
+    for col, size in zip(reversed(col_uniques), reversed(sizes)):
+        uniques.append(list(col[keys % size]))
+        keys = keys // size
+    return codes, uniques[::-1]
+
+
+def require_text(inp: pd.DataFrame, field: str, fix: str) -> None:
+    """Raise one :class:`KnowacqError` naming ``fix`` when rows of ``inp[field]`` are missing (None, NaN or NA)."""
+    missing = inp[field].isna().to_numpy()
+    if missing.any():
+        n = int(missing.sum())
+        first = inp[missing].iloc[0]
+        where = ', '.join(f'{c} {first[c]!r}' for c in ('qid', 'docno') if c in inp.columns)
+        raise KnowacqError(f'{n} row{"s" if n > 1 else ""} {"have" if n > 1 else "has"} no {field}'
+                           f'{f" (first: {where})" if where else ""}; {fix}')
+
+
+def text_fix(scorer: str, expr: str) -> str:
+    """The advice for a re-ranker (``expr`` in a pipeline) given rows without text: load the text first."""
+    return f'add dataset.text_loader() before the {scorer}: bm25 >> ds.text_loader() >> {expr}'
+
+
+def with_scores(inp: pd.DataFrame, scores) -> pd.DataFrame:
+    """``inp`` with a float64 ``score`` and an int64 per-query ``rank``, rows in input order (the same dtypes when
+    ``inp`` is empty)."""
+    return pt.model.add_ranks(inp.assign(score=np.asarray(scores, dtype=np.float64)))

@@ -1,7 +1,8 @@
 """Single-vector bi-encoders (BERT-style or decoder backbones, any pooling) that plug into pyterrier-dr.
 
 Query/document encoders emit pyterrier-dr's ``query_vec`` / ``doc_vec`` columns, so ``FlexIndex`` indexes and
-retrieves with them; ``.scorer()`` re-ranks a first stage.
+retrieves with them; ``.scorer()`` re-ranks a first stage. Within one call each distinct query and each distinct
+document text is encoded once (a document retrieved for several queries is encoded once).
 
 Example::
 
@@ -19,11 +20,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+import pandas as pd
+import pyterrier_alpha as pta
 import pyterrier_dr
 import torch
+from pyterrier_dr.biencoder import BiDocEncoder, BiQueryEncoder, BiScorer
 from torch import nn
 
-from ._batching import default_device, pad_batch, run_sorted, tokenize
+from ._batching import default_device, distinct, pad_batch, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_tokenizer, resolve_model
 from .packed import last_hidden_state
@@ -65,13 +69,17 @@ class BiEncoder(pyterrier_dr.BiEncoder):
         max_length: token limit for documents (queries: ``query_max_length``).
         append_eos: add the EOS token to every text (decoders pooled by their last token, as RepLLaMA).
         query_prefix, doc_prefix: strings put before queries/documents (e.g. ``"query: "``).
+        dedup: the scorer and doc encoder encode each distinct document text once per call (``False``: every row,
+            the same vectors to float rounding). Queries are always encoded once each, as in pyterrier-dr.
     """
 
     def __init__(self, model: nn.Module, tokenizer, pooling: str = 'cls', query_model: Optional[nn.Module] = None,
                  normalize: bool = False, name: str = '<in-memory>', batch_size: int = 32, max_length: int = 256,
                  query_max_length: int = 64, append_eos: Optional[bool] = None, query_prefix: str = '',
-                 doc_prefix: str = '', text_field: str = 'text', verbose: bool = False, device=None):
+                 doc_prefix: str = '', text_field: str = 'text', verbose: bool = False, device=None,
+                 dedup: bool = True):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose)
+        self.dedup = bool(dedup)
         decoder = is_decoder_config(model.config)
         if pooling == 'cls' and decoder:
             raise KnowacqError(f'pooling "cls" cannot summarise a causal decoder ({name}): its first token sees nothing '
@@ -188,6 +196,16 @@ class BiEncoder(pyterrier_dr.BiEncoder):
     def encode_docs(self, texts, batch_size=None) -> np.ndarray:
         return self._encode(texts, 'doc', batch_size)
 
+    # -- transformers (pyterrier-dr's, with input checks, dtypes that do not depend on the input size, and dedup)
+    def query_encoder(self, verbose=None, batch_size=None) -> BiQueryEncoder:
+        return _QueryEncoder(self, verbose=verbose, batch_size=batch_size)
+
+    def doc_encoder(self, verbose=None, batch_size=None) -> BiDocEncoder:
+        return _DocEncoder(self, verbose=verbose, batch_size=batch_size)
+
+    def text_scorer(self, verbose=None, batch_size=None, sim_fn=None) -> BiScorer:
+        return _Scorer(self, verbose=verbose, batch_size=batch_size, sim_fn=sim_fn)
+
     def __repr__(self):
         return f'BiEncoder({self.name!r}, pooling={self.pooling_name!r})'
 
@@ -201,3 +219,65 @@ class BiEncoder(pyterrier_dr.BiEncoder):
 
     def __hash__(self):
         return hash(('BiEncoder',) + self._key())
+
+
+def _vector_column(vectors: np.ndarray, index) -> pd.Series:
+    """One array per row, as pyterrier-dr stores vectors; ``object`` dtype also when there are no rows."""
+    return pd.Series(list(vectors), index=index, dtype=object)
+
+
+def _vectors(model: BiEncoder, inp: pd.DataFrame, field: str, role: str, batch_size: int) -> np.ndarray:
+    """``[len(inp), dim]`` vectors of ``inp[field]``: each distinct query encoded once, in sorted order as
+    pyterrier-dr's query encoder does; each distinct document text once, in order of first appearance (so a frame
+    without repeats is encoded exactly as before), or every row when ``model.dedup`` is off."""
+    query = role == 'query'
+    codes, (texts,) = distinct(inp[field].astype(str).tolist(), enabled=query or model.dedup, sort=query)
+    encode = model.encode_queries if query else model.encode_docs
+    return encode(texts, batch_size=batch_size)[codes]
+
+
+class _QueryEncoder(BiQueryEncoder):
+    """``qid, query`` -> adds ``query_vec``; ``docno`` may be there (``bm25 >> query_encoder() >> index.scorer()``)."""
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.columns(inp, includes=['qid', 'query'])
+        require_text(inp, 'query', 'give every topic a query text')
+        vecs = _vectors(self.bi_encoder_model, inp, 'query', 'query', self.batch_size)
+        return inp.assign(query_vec=_vector_column(vecs, inp.index))
+
+
+class _DocEncoder(BiDocEncoder):
+    """``docno, text`` -> adds ``doc_vec``; ``qid`` may be there (a result frame)."""
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.columns(inp, includes=['docno', self.text_field])
+        require_text(inp, self.text_field, 'give every document a text (dataset.text_loader() adds it by docno)')
+        vecs = _vectors(self.bi_encoder_model, inp, self.text_field, 'doc', self.batch_size)
+        return inp.assign(doc_vec=_vector_column(vecs, inp.index))
+
+
+class _Scorer(BiScorer):
+    """``qid, docno`` with ``query`` or ``query_vec`` and the text or ``doc_vec`` -> adds ``score`` (the dot product,
+    float64) and ``rank``, rows in input order."""
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.result_frame(inp)
+        with pta.validate.any(inp) as v:
+            for cols in (['query', self.text_field], ['query_vec', self.text_field], ['query', 'doc_vec'],
+                         ['query_vec', 'doc_vec']):
+                v.columns(includes=cols)
+        if self.sim_fn != pyterrier_dr.SimFn.dot:
+            raise KnowacqError(f'the bi-encoder scorer supports the dot product only, not {self.sim_fn}')
+        model = self.bi_encoder_model
+        if 'query_vec' not in inp.columns:
+            require_text(inp, 'query', 'give every topic a query text')
+        if 'doc_vec' not in inp.columns:
+            require_text(inp, self.text_field, text_fix('bi-encoder scorer', 'model.scorer()'))
+        if not len(inp):
+            return with_scores(inp, [])
+        Q = np.stack(inp['query_vec'].tolist()) if 'query_vec' in inp.columns else \
+            _vectors(model, inp, 'query', 'query', self.batch_size)
+        D = np.stack(inp['doc_vec'].tolist()) if 'doc_vec' in inp.columns else \
+            _vectors(model, inp, self.text_field, 'doc', self.batch_size)
+        # row-wise sum of the products: the same float32 values as pyterrier-dr's per-row np.sum(q * d)
+        return with_scores(inp, (Q * D).sum(axis=1))

@@ -23,13 +23,14 @@ import json
 import string
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from ._batching import distinct, require_text, text_fix, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .packed import last_hidden_state
 
@@ -282,8 +283,9 @@ def _device(device):
 class ColBERT(pt.Transformer):
     """Re-ranks candidates by ColBERT MaxSim, with no index (input: qid, query, docno, text -> adds score, rank).
 
-    Documents are tokenised once, sorted by length and encoded in batches; each query is encoded once. fp32 on CPU,
-    half precision only on a GPU.
+    Each distinct query and each distinct document text is encoded once per call (a document retrieved for several
+    queries too); documents are tokenised once, sorted by length and encoded in batches. fp32 on CPU, half precision
+    only on a GPU.
 
     Example::
 
@@ -297,11 +299,13 @@ class ColBERT(pt.Transformer):
         device: ``cpu`` / ``cuda``; default: cuda when available.
         backend: ``native`` (this module), ``pylate`` or ``pyterrier_colbert`` (used only when importable).
         text_field: the column holding the document text.
+        dedup: encode each distinct document text once (``False``: once per row, the same scores to float rounding);
+            the native backend only.
     """
 
     def __init__(self, model: Union[str, Path, ColBERTModel] = 'colbert-ir/colbertv2.0', *, batch_size: int = 32,
                  query_maxlen: Optional[int] = None, doc_maxlen: Optional[int] = None, device: Optional[str] = None,
-                 backend: str = 'native', text_field: str = 'text', verbose: bool = False):
+                 backend: str = 'native', text_field: str = 'text', verbose: bool = False, dedup: bool = True):
         if backend not in BACKENDS:
             raise KnowacqError(f'unknown ColBERT backend {backend!r}; use one of {BACKENDS}')
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -310,6 +314,7 @@ class ColBERT(pt.Transformer):
             if val is not None and (not isinstance(val, int) or val < 4 or val > 512):
                 raise KnowacqError(f'{key} must be an integer in [4, 512], got {val!r}')
         self.batch_size, self.backend, self.text_field, self.verbose = batch_size, backend, text_field, verbose
+        self.dedup = bool(dedup)
         self.device = _device(device)
         self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
         self._adapter = None
@@ -355,35 +360,42 @@ class ColBERT(pt.Transformer):
         out = np.zeros(len(texts), dtype=np.float32)
         if not len(texts):
             return out
-        uniq, q_index = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
+        q_index, (uniq,) = distinct(queries, sort=True)
+        doc_of, (docs,) = distinct(texts, enabled=self.dedup)
+        # the rows of each distinct document: rows_by_doc[starts[j]:starts[j + 1]]
+        rows_by_doc = np.argsort(doc_of, kind='stable')
+        starts = np.searchsorted(doc_of[rows_by_doc], np.arange(len(docs) + 1))
+        slot = np.zeros(len(docs), dtype=np.int64)   # position of a distinct document in its encoded batch
         m = self.model
         with torch.inference_mode():
             qs = []
             for i in range(0, len(uniq), 128):
-                ids, mask = m.tokenize_queries(list(uniq[i:i + 128]))
+                ids, mask = m.tokenize_queries(uniq[i:i + 128])
                 qs.append(m.encode_queries(ids.to(self.device), mask.to(self.device)))
             Q = torch.cat(qs)
-            toks = m.doc_token_ids(list(texts))
+            toks = m.doc_token_ids(docs)
             order = np.argsort([-len(t) for t in toks], kind='stable')
             batches = range(0, len(order), self.batch_size)
             for start in pt.tqdm(batches, desc='ColBERT', unit='batch', disable=not self.verbose):
                 sel = order[start:start + self.batch_size]
                 ids, mask = m.pad_docs([toks[j] for j in sel])
                 D, keep = m.encode_docs(ids.to(self.device), mask.to(self.device))
-                scores = maxsim(Q[torch.as_tensor(q_index[sel], device=self.device)], D, keep)
-                out[sel] = scores.float().cpu().numpy()
+                slot[sel] = np.arange(len(sel))
+                rows = np.concatenate([rows_by_doc[starts[j]:starts[j + 1]] for j in sel])
+                # MaxSim in chunks of batch_size rows, so memory does not grow with how often a document repeats
+                for r in range(0, len(rows), self.batch_size):
+                    chunk = rows[r:r + self.batch_size]
+                    at = torch.as_tensor(slot[doc_of[chunk]], device=self.device)
+                    scores = maxsim(Q[torch.as_tensor(q_index[chunk], device=self.device)], D[at], keep[at])
+                    out[chunk] = scores.float().cpu().numpy()
         return out
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pta.validate.columns(inp, includes=['qid', 'query', 'docno', self.text_field])
-        if not len(inp):
-            return inp.assign(score=pd.Series(dtype='float64'), rank=pd.Series(dtype='int64'))
-        texts = inp[self.text_field]
-        if texts.isna().any():
-            raise KnowacqError(f'{int(texts.isna().sum())} rows have no {self.text_field!r}; add the text with '
-                               'dataset.text_loader() before ColBERT')
-        res = inp.assign(score=self.score_pairs(inp['query'].astype(str).tolist(), texts.astype(str).tolist()).astype('float64'))
-        return pt.model.add_ranks(res)
+        pta.validate.result_frame(inp, extra_columns=['query', self.text_field])
+        require_text(inp, self.text_field, text_fix('ColBERT scorer', 'colbert'))
+        require_text(inp, 'query', 'give every topic a query text')
+        return with_scores(inp, self.score_pairs(inp['query'].astype(str).tolist(),
+                                                 inp[self.text_field].astype(str).tolist()))
 
 
 def _load_adapter(backend: str, checkpoint: str, owner: 'ColBERT'):

@@ -19,7 +19,7 @@ import pyterrier as pt
 import torch
 from torch import nn
 
-from ._batching import default_device, run_sorted, tokenize
+from ._batching import default_device, distinct, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_tokenizer, resolve_model
 from .packed import classifier_logits, last_hidden_state
@@ -67,8 +67,9 @@ class CrossEncoderModel(nn.Module):
 class CrossEncoder(pt.Transformer):
     """Scores (query, text) pairs with a cross-encoder and re-ranks them.
 
-    Input columns ``qid, query, docno, text``; adds ``score`` and ``rank``. Pairs are tokenised once and scored in
-    batches of similar length (dynamic padding), in fp32 on CPU.
+    Input columns ``qid, query, docno, text``; adds ``score`` (float64) and ``rank`` (int64), rows in input order.
+    Identical (query, text) pairs are scored once per call; pairs are tokenised once and scored in batches of similar
+    length (dynamic padding), in fp32 on CPU.
 
     Example::
 
@@ -82,10 +83,12 @@ class CrossEncoder(pt.Transformer):
         max_length: pair length limit in tokens (the passage is truncated).
         text_field: the column holding the passage text.
         verbose: show a progress bar.
+        dedup: score each distinct (query, text) pair once (``False``: every row, the same scores to float rounding).
     """
 
     def __init__(self, model: CrossEncoderModel, tokenizer, name: str = '<in-memory>', batch_size: int = 32,
-                 max_length: int = 512, text_field: str = 'text', verbose: bool = False, device=None):
+                 max_length: int = 512, text_field: str = 'text', verbose: bool = False, device=None,
+                 dedup: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.name = str(name)
@@ -93,6 +96,7 @@ class CrossEncoder(pt.Transformer):
         self.max_length = int(max_length)
         self.text_field = text_field
         self.verbose = verbose
+        self.dedup = bool(dedup)
         self.device = torch.device(device) if device is not None else default_device()
         self.model.to(self.device).eval()
 
@@ -162,21 +166,24 @@ class CrossEncoder(pt.Transformer):
 
     # -- scoring
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Score of each (query, text) pair as float32, in input order; each distinct pair is scored once."""
+        if len(queries) != len(texts):
+            raise KnowacqError(f'score_pairs got {len(queries)} queries but {len(texts)} texts; pass one of each per pair')
         if len(queries) == 0:
             return np.empty((0,), dtype=np.float32)
+        codes, (queries, texts) = distinct(queries, texts, enabled=self.dedup)
         enc = tokenize(self.tokenizer, queries, texts, max_length=self.max_length)
-        return run_sorted(lambda b: self.model(**b), self.tokenizer, enc, self.batch_size, self.device,
-                          verbose=self.verbose, desc='cross-encoder', unit='pair')
+        scores = run_sorted(lambda b: self.model(**b), self.tokenizer, enc, self.batch_size, self.device,
+                            verbose=self.verbose, desc='cross-encoder', unit='pair')
+        return scores[codes]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         import pyterrier_alpha as pta
         pta.validate.result_frame(inp, extra_columns=['query', self.text_field])
-        if inp.empty:
-            cols = list(inp.columns) + [c for c in ('score', 'rank') if c not in inp.columns]
-            return pd.DataFrame(columns=cols)
-        scores = self.score_pairs(inp['query'].astype(str).tolist(), inp[self.text_field].astype(str).tolist())
-        out = inp.assign(score=scores.astype(np.float64))
-        return pt.model.add_ranks(out)
+        require_text(inp, self.text_field, text_fix('cross-encoder', 'cross_encoder'))
+        require_text(inp, 'query', 'give every topic a query text')
+        return with_scores(inp, self.score_pairs(inp['query'].astype(str).tolist(),
+                                                 inp[self.text_field].astype(str).tolist()))
 
     def __repr__(self):
         return f'CrossEncoder({self.name!r})'

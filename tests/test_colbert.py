@@ -82,7 +82,8 @@ def test_checkpoint_round_trip_and_batching(checkpoint, tmp_path):
         warnings.simplefilter('ignore')
         a = ColBERT(checkpoint, batch_size=1)(frame)
         b = ColBERT(str(tmp_path / 'again'), batch_size=7)(frame)
-    np.testing.assert_array_equal(a['score'].to_numpy(), b['score'].to_numpy())
+    # packed (unpadded) batches sum in another order for other batch sizes: equal to float32 rounding, not bitwise
+    np.testing.assert_allclose(a['score'].to_numpy(), b['score'].to_numpy(), rtol=0, atol=1e-5)
     assert set(a.columns) == {'qid', 'query', 'docno', 'text', 'score', 'rank'}
     top = a[a.qid == '0'].sort_values('rank').iloc[0]
     assert top['score'] == a[a.qid == '0']['score'].max()
