@@ -26,11 +26,42 @@ def _experiment_file(name: str) -> Path:
 
 
 def cmd_run(args):
-    from .experiment import run_experiment
-    out = run_experiment(_experiment_file(args.file), output=args.output, overwrite=args.overwrite, dry_run=args.dry_run,
-                         limit_topics=args.limit_topics, command=_command())
+    from .experiment import ResultsExist, run_experiment
+    path = _experiment_file(args.file)
+    if not args.dry_run:  # a dry run swaps the models for tiny ones, so only a real run checks the names
+        _check_models(path)
+    try:
+        out = run_experiment(path, output=args.output, overwrite=args.overwrite, dry_run=args.dry_run,
+                             limit_topics=args.limit_topics, command=_command())
+    except ResultsExist as e:   # the Python API names overwrite=True; here the flag is --overwrite
+        raise KnowacqError(str(e).replace(e.flag, '--overwrite')) from e
     print(f'[knowacq] results: {out.resolve()}')
     return out
+
+
+#: stage parameters and ``models:`` fields that name a model to load (not one this experiment trains)
+_STAGE_MODEL_PARAMS = ('model', 'query_model')
+_TRAINING_MODEL_FIELDS = ('backbone', 'query_backbone')
+
+
+def _check_models(path) -> None:
+    """Resolve every model name of an experiment before any data is loaded: a misspelt name or an unreachable hub
+    fails in seconds, not after the first systems (or the training) ran."""
+    from .backbones import check_model_name
+    from .experiment_config import load_config
+    from .pipeline_expr import parse_pipeline
+    config = load_config(path)
+    trained = {str(n) for n in (config.get('models') or {})}
+    names = []
+    for spec in config['systems'].values():
+        for stage in parse_pipeline(spec['pipeline'] if isinstance(spec, dict) else spec):
+            names += [str(stage.params[k]) for k in _STAGE_MODEL_PARAMS if stage.params.get(k) is not None]
+    for spec in (config.get('models') or {}).values():
+        if isinstance(spec, dict):
+            names += [str(spec[k]) for k in _TRAINING_MODEL_FIELDS if spec.get(k) is not None]
+    for name in dict.fromkeys(names):
+        if name not in trained:
+            check_model_name(name)
 
 
 def cmd_quickstart(args):
@@ -92,30 +123,58 @@ def _command() -> str:
     return 'knowacq ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version('pyterrier-knowacq')
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        from . import __version__
+        return __version__
+
+
+EPILOG = """\
+environment variables:
+  KNOWACQ_CACHE           where converted and trained models, indexes (PISA, dense, ColBERT), teacher
+                          runs and analysis caches are kept (default ~/.cache/pyterrier_knowacq);
+                          delete it to rebuild them
+  HF_HUB_OFFLINE=1        never contact the Hugging Face hub: models must be local folders, packaged
+                          aliases (knowacq list) or already in the local Hugging Face cache
+  HF_HUB_ETAG_TIMEOUT     seconds a hub request may wait (knowacq sets 5 unless given)
+
+A model name that is not a local folder, an alias or in the Hugging Face cache needs the hub; when the hub is
+unreachable the command stops at once with one error line.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='knowacq', description=__doc__)
-    sub = p.add_subparsers(dest='command', required=True)
-    r = sub.add_parser('run', help='run an experiment file')
-    r.add_argument('file')
+    p = argparse.ArgumentParser(prog='knowacq', description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-V', '--version', action='version', version=f'%(prog)s {_version()}',
+                   help='print the version of pyterrier-knowacq and exit')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND', help='one of the commands below')
+    r = sub.add_parser('run', help='run an experiment file', epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument('file', help='experiment YAML file, or the name of a shipped one (e.g. quickstart, knowacq)')
     r.add_argument('-o', '--output', help='results folder (default results/<name>)')
     r.add_argument('--overwrite', action='store_true', help='replace an existing results folder')
     r.add_argument('--dry-run', action='store_true', help='tiny models and a few topics: check that the file runs')
-    r.add_argument('--limit-topics', type=int, help='evaluate on the first N topics only')
+    r.add_argument('--limit-topics', type=int, metavar='N', help='evaluate on the first N topics only')
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser('quickstart', help='run experiments/quickstart.yaml offline and build the leaderboard')
-    q.add_argument('-o', '--output', default='results/quickstart')
-    q.add_argument('--site', default='site')
+    q.add_argument('-o', '--output', default='results/quickstart',
+                   help='results folder, replaced if it exists (default %(default)s)')
+    q.add_argument('--site', default='site', help='folder for the leaderboard site (default %(default)s)')
     q.set_defaults(fn=cmd_quickstart)
     rep = sub.add_parser('report', help='study claims vs our figures, from results folders')
-    rep.add_argument('results', nargs='+')
-    rep.add_argument('-o', '--output')
+    rep.add_argument('results', nargs='+', help='results folders written by `knowacq run`')
+    rep.add_argument('-o', '--output', help='also write the report (Markdown) to this file')
     rep.set_defaults(fn=cmd_report)
     lb = sub.add_parser('leaderboard', help='build the static leaderboard site')
-    lb.add_argument('results', nargs='+')
-    lb.add_argument('-o', '--output', default='site')
+    lb.add_argument('results', nargs='+', help='results folders written by `knowacq run`')
+    lb.add_argument('-o', '--output', default='site', help='folder for the site, index.html inside (default %(default)s)')
     lb.set_defaults(fn=cmd_leaderboard)
     t = sub.add_parser('train', help='train a model from a YAML file')
-    t.add_argument('file')
+    t.add_argument('file', help='training YAML file (dataset, folds or train_split, models)')
     t.set_defaults(fn=cmd_train)
     ls = sub.add_parser('list', help='list datasets, model aliases and pipeline stages')
     ls.set_defaults(fn=cmd_list)
@@ -126,8 +185,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f'[knowacq] warning: {message}', file=sys.stderr)
 
 
+#: top-level packages whose exceptions mean the hub or the network failed (httpx2/httpcore2: vendored copies)
+_NETWORK_PACKAGES = ('huggingface_hub', 'requests', 'httpx', 'httpcore', 'urllib3')
+
+
+def _network_error(error: BaseException) -> bool:
+    import socket
+    package = type(error).__module__.split('.')[0].rstrip('0123456789')
+    return package in _NETWORK_PACKAGES or isinstance(error, (ConnectionError, TimeoutError, socket.gaierror))
+
+
+def _hub_failure(error: BaseException):
+    """The hub or network error behind ``error``, if ``error`` is one (or an ``OSError`` raised from one, as
+    transformers does); ``None`` for anything else, which keeps its traceback."""
+    if not (isinstance(error, OSError) or _network_error(error)):
+        return None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if _network_error(error):
+            return error
+        error = error.__cause__
+    return None
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = ' '.join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 def main(argv=None) -> int:
     import warnings
+    # a hub request that cannot be answered should fail in seconds, not minutes (read by huggingface_hub on import)
+    os.environ.setdefault('HF_HUB_ETAG_TIMEOUT', '5')
+    os.environ.setdefault('HF_HUB_DOWNLOAD_TIMEOUT', '10')
     args = parser().parse_args(argv)
     warnings.showwarning = _show_warning
     # a plain `kill` becomes SystemExit, so atomic writers remove their partial folders on the way out
@@ -135,7 +226,15 @@ def main(argv=None) -> int:
     try:
         args.fn(args)
     except KnowacqError as e:
-        print(f'knowacq: error: {e}', file=sys.stderr)
+        print(f'knowacq: error: {_one_line(e)}', file=sys.stderr)
+        return 2
+    except Exception as e:
+        cause = _hub_failure(e)
+        if cause is None:
+            raise
+        detail = _one_line(e if str(e).strip() else cause, 400)
+        print(f'knowacq: error: the Hugging Face hub could not serve a model ({type(cause).__name__}: {detail}); check '
+              'the model name and the network, or use a local folder or a packaged alias (knowacq list)', file=sys.stderr)
         return 2
     return 0
 
