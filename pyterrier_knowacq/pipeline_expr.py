@@ -5,6 +5,7 @@ booleans, quoted or bare strings, lists). ``% K`` after a stage cuts the ranking
 """
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -58,7 +59,9 @@ def _value(raw: str):
     raw = raw.strip()
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):   # ValueError: a date-like value that is no date (2024-13-45)
+        value = raw
+    if isinstance(value, (datetime.date, datetime.datetime)):   # a run name such as 2024-01-31 stays text
         value = raw
     if isinstance(value, str):
         try:

@@ -21,8 +21,6 @@ Example::
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -203,12 +201,8 @@ def probe_set_from_dpr_json(path, *, n_max: int = 5, seed: int = 42, use_hard_ne
         path = Path(str(path) + '.gz')
     if not path.exists():
         raise KnowacqError(f'DPR JSON file {path} does not exist; give the path of a biencoder-*.json(.gz) file')
-    opener = gzip.open if path.suffix == '.gz' else open
-    try:
-        with opener(path, 'rt', encoding='utf-8') as f:
-            records = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KnowacqError(f'{path} is not DPR JSON ({e}); expected a list of {{question, positive_ctxs, hard_negative_ctxs}}') from e
+    from ..readers import read_dpr_json
+    records = read_dpr_json(path)  # checked: each problem is one `file:line: ...` error
 
     def text(ctx):
         title, body = ctx.get('title') or '', ctx.get('text') or ''
@@ -216,8 +210,6 @@ def probe_set_from_dpr_json(path, *, n_max: int = 5, seed: int = 42, use_hard_ne
 
     groups = []
     for i, r in enumerate(records):
-        if 'question' not in r or 'positive_ctxs' not in r:
-            raise KnowacqError(f'{path}: record {i} lacks "question"/"positive_ctxs"; this is not DPR retriever JSON')
         neg = [text(c) for c in (r.get('hard_negative_ctxs') or [])] if use_hard_negatives else []
         neg += [text(c) for c in (r.get('negative_ctxs') or [])]
         groups.append((str(i), r['question'], [text(c) for c in r['positive_ctxs']], neg))
