@@ -102,6 +102,71 @@ def _owner_gone(partial: Path) -> bool:
     return pid == os.getpid()
 
 
+def write_jsonl(path: PathLike, records) -> None:
+    """Write dicts as JSON lines, atomically. Texts survive exactly (tabs, quotes, newlines, U+2028, emoji): JSON
+    escapes control characters, and :func:`read_jsonl` splits on ``\\n`` only."""
+    atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in records))
+
+
+def write_csv(frame, path: PathLike) -> None:
+    """Write a frame as CSV, atomically, with every string quoted: pandas leaves a lone ``\\r`` unquoted, and a
+    reader then splits a system name such as ``'a\\rb'`` into two rows (found by the round-trip property test)."""
+    import csv
+    atomic_write_text(path, frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator='\n'))
+
+
+def read_jsonl(path: PathLike) -> list:
+    """The records of a JSON lines file written by :func:`write_jsonl` (a bad line raises naming ``file:line``)."""
+    out = []
+    # split on '\n' only: str.splitlines would also break inside a text at U+2028, U+0085, ...
+    for n, line in enumerate(Path(path).read_text(encoding='utf-8').split('\n'), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise KnowacqError(f'{path}:{n} is not a JSON line ({e.__class__.__name__}: {e}); '
+                                   're-create the file (it was not written by this version?)') from None
+    return out
+
+
 def offline() -> bool:
     """True when the Hugging Face hub must not be contacted."""
     return any(os.environ.get(v, '').lower() in ('1', 'true', 'yes') for v in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
+
+
+def file_digest(path: PathLike) -> str:
+    """SHA-1 of a file's bytes (what caches built from data are keyed by: content, never a name).
+
+    Hashing a multi-GB corpus takes seconds, so the digest is remembered under ``cache_dir('digests')`` against the
+    file's identity and stat (device, inode, size, mtime in ns, ctime in ns): any rewrite of the file changes the stat
+    and forces a re-hash."""
+    import hashlib
+    path = Path(path).resolve()
+    st = path.stat()
+    ident = f'{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}'
+    memo = cache_dir('digests') / hashlib.sha1(ident.encode('utf-8', 'surrogateescape')).hexdigest()
+    if memo.is_file():
+        digest = memo.read_text().strip()
+        if len(digest) == 40:
+            return digest
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    atomic_write_text(memo, h.hexdigest())
+    return h.hexdigest()
+
+
+def content_fingerprint(files, *extra: str) -> str:
+    """A short hash of the bytes of ``files`` plus ``extra`` strings.
+
+    ``files`` is a list of paths or a mapping ``{role: path}`` (e.g. ``{'qrels/test.tsv': ...}``); a file counts by its
+    role (its base name for a list) and its bytes, never by where it lives, so a copied folder keeps its fingerprint."""
+    import hashlib
+    items = files.items() if isinstance(files, dict) else [(Path(f).name, f) for f in files]
+    h = hashlib.sha1()
+    for role, f in sorted((str(r), f) for r, f in items):
+        h.update(f'{role}\0{file_digest(f)}\0'.encode('utf-8', 'surrogateescape'))
+    for e in extra:
+        h.update(b'\1' + str(e).encode('utf-8', 'surrogateescape'))
+    return h.hexdigest()[:16]

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 import shutil
@@ -186,9 +185,8 @@ def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, 
     if dry_run:
         spec.update(backbone='tiny-bert', init=None, steps=2, epochs=None)
         spec['data'] = {**spec['data'], 'max_queries': 8, 'extra': []}
-    blob = json.dumps({'v': VERSION, 'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed},
-                      sort_keys=True, default=str)
-    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    from .training.cache_keys import training_key
+    key = training_key(spec, dataset, train_split, seed, VERSION)   # content of data and weights, not names
     final = cache_dir('models', 'trained-colbert') / key
     if not (final / 'knowacq.json').exists():
         started = time.time()
@@ -216,7 +214,7 @@ def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, 
         with atomic_directory(final, overwrite=True) as tmp:
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
             atomic_write_json(tmp / 'training.json', {
-                'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed, 'steps': result.steps,
+                'spec': spec, 'dataset': dataset.id, 'split': train_split, 'seed': seed, 'steps': result.steps,
                 'groups': len(groups), 'groups_from_split': n_split, 'history': result.history,
                 'wall_time_s': round(time.time() - started, 1)})
         shutil.rmtree(work, ignore_errors=True)

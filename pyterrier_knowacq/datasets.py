@@ -13,9 +13,6 @@ Example::
 """
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -25,65 +22,13 @@ import pandas as pd
 import pyterrier as pt
 
 from ._util import KnowacqError
+from .readers import (_read_lines, _resolve, iter_beir_corpus, open_text, read_beir_qrels,  # noqa: F401 - re-exported
+                      read_beir_queries, read_jsonl, read_run, read_trec_qrels, read_tsv_topics)
 
 __all__ = ['Dataset', 'BeirDataset', 'MsMarcoPassage', 'MsMarcoTrain', 'IrdsDataset', 'DATASETS', 'get_dataset',
            'TextLoader', 'RunTransformer', 'read_run']
 
 DATA_DIR = Path(__file__).parent / 'data'
-
-
-def _resolve(path: Path) -> Path:
-    """``path`` or ``path.gz``, whichever exists."""
-    if path.exists():
-        return path
-    gz = path.with_name(path.name + '.gz')
-    if gz.exists():
-        return gz
-    raise KnowacqError(f'data file {path} (or {gz.name}) is missing; reinstall pyterrier-knowacq or check the folder')
-
-
-def open_text(path: Path) -> io.TextIOBase:
-    """Open a UTF-8 text file, transparently gunzipping; undecodable bytes raise a clear error when read."""
-    path = _resolve(Path(path))
-    raw = gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
-    return io.TextIOWrapper(raw, encoding='utf-8', errors='strict')
-
-
-def _read_lines(path: Path) -> List[str]:
-    try:
-        with open_text(path) as f:
-            # split on '\n' only: raw MS MARCO text holds characters (\x85, \u2028) that str.splitlines breaks on
-            return [line.rstrip('\r') for line in f.read().split('\n')]
-    except UnicodeDecodeError as e:
-        raise KnowacqError(f'{path} is not valid UTF-8 ({e}); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)') from e
-
-
-def read_run(path) -> pd.DataFrame:
-    """A TREC run file -> ``[qid, docno, score, rank]`` (ranks re-derived from scores, ties broken by file order)."""
-    rows = []
-    for n, line in enumerate(_read_lines(Path(path)), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 6:
-            raise KnowacqError(f'{path}:{n} is not a TREC run line (qid Q0 docno rank score tag): {line[:80]!r}')
-        rows.append((parts[0], parts[2], float(parts[4])))
-    df = pd.DataFrame(rows, columns=['qid', 'docno', 'score'])
-    df = df.sort_values(['qid', 'score'], ascending=[True, False], kind='stable')
-    df['rank'] = df.groupby('qid').cumcount()
-    return df.reset_index(drop=True)
-
-
-def read_trec_qrels(path) -> pd.DataFrame:
-    rows = []
-    for n, line in enumerate(_read_lines(Path(path)), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 4:
-            raise KnowacqError(f'{path}:{n} is not a TREC qrels line (qid iter docno label): {line[:80]!r}')
-        rows.append((parts[0], parts[2], int(parts[3])))
-    return pd.DataFrame(rows, columns=['qid', 'docno', 'label'])
 
 
 class Dataset:
@@ -138,17 +83,61 @@ class Dataset:
     def run_transformer(self, name: str, k: Optional[int] = None) -> 'RunTransformer':
         return RunTransformer(self, name, k)
 
-    def corpus_fingerprint(self) -> str:
-        """Changes whenever the corpus files change (used to rebuild cached indexes)."""
-        import hashlib
-        h = hashlib.sha1(self.name.encode())
-        for p in sorted(self._corpus_files()):
-            st = Path(p).stat()
-            h.update(f'{p}:{st.st_size}:{int(st.st_mtime)}'.encode())
-        return h.hexdigest()[:16]
+    # -- identity: what results are grouped by, and what every cache built from the data is keyed by
+    @property
+    def id(self) -> str:
+        """A unique, stable id: results of two datasets with different ids are never compared with each other.
 
-    def _corpus_files(self) -> List[Path]:
-        return []
+        Embedded datasets use their name; a BEIR folder uses the name given to it (``{beir: path, name: cisi}``) or its
+        base name plus a hash of its resolved path and content; ``irds:`` datasets their whole id."""
+        return self.name
+
+    def corpus_fingerprint(self) -> str:
+        """A hash of the corpus *content* (indexes and encodings are keyed by it, never by a name: two collections
+        that share a folder name never share an index, and one whose files change is re-indexed)."""
+        from ._util import content_fingerprint
+        files = self._corpus_files()
+        if files is None:   # no files to hash (a dataset defined in code): hash the documents themselves
+            return _hash_records((d['docno'], d['text']) for d in self.get_corpus_iter())
+        return content_fingerprint(files, type(self).__name__)
+
+    def fingerprint(self) -> str:
+        """A hash of everything the dataset reads (corpus, topics, qrels, shipped runs): trained models, teacher runs and
+        the leaderboard's tables are keyed by it."""
+        from ._util import content_fingerprint
+        files = self._data_files()
+        if files is None:
+            parts = [self.corpus_fingerprint()]
+            for split in self.splits or (None,):
+                parts.append(_hash_records(map(tuple, self.get_topics(split)[['qid', 'query']].astype(str).values)))
+                parts.append(_hash_records(map(tuple, self.get_qrels(split)[['qid', 'docno', 'label']].astype(str).values)))
+            return _hash_records([parts])
+        return content_fingerprint(files, type(self).__name__)
+
+    def _corpus_files(self) -> Optional[List[Path]]:
+        """The files the corpus is read from (``None``: hash the documents instead)."""
+        return None
+
+    def _data_files(self) -> Optional[Dict[str, Path]]:
+        """``{path relative to the dataset root: path}`` of every data file: every file under ``root`` where the dataset
+        has one (``None``: hash the corpus, topics and qrels instead)."""
+        root = getattr(self, 'root', None)
+        if root is None:
+            return None
+        root = Path(root)
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob('*'))
+                if p.is_file() and not p.name.startswith('.') and p.name != 'PROVENANCE.md'}
+
+
+def _hash_records(records) -> str:
+    """A short hash of a sequence of string tuples (unambiguous: fields and records are delimited)."""
+    import hashlib
+    h = hashlib.sha1()
+    for rec in records:
+        for field in rec:
+            h.update(str(field).encode('utf-8', 'surrogateescape') + b'\0')
+        h.update(b'\1')
+    return h.hexdigest()[:16]
 
 
 class TextLoader(pt.Transformer):
@@ -174,10 +163,10 @@ class TextLoader(pt.Transformer):
         return f'{self.dataset.name}.text_loader()'
 
     def __eq__(self, other):
-        return isinstance(other, TextLoader) and other.dataset.name == self.dataset.name and other.field == self.field
+        return isinstance(other, TextLoader) and other.dataset.id == self.dataset.id and other.field == self.field
 
     def __hash__(self):
-        return hash(('TextLoader', self.dataset.name, self.field))
+        return hash(('TextLoader', self.dataset.id, self.field))
 
 
 class RunTransformer(pt.Transformer):
@@ -220,10 +209,10 @@ class RunTransformer(pt.Transformer):
         return f'run({self.name!r}' + (f', k={self.k}' if self.k else '') + ')'
 
     def __eq__(self, other):
-        return isinstance(other, RunTransformer) and (other.dataset.name, other.name, other.k) == (self.dataset.name, self.name, self.k)
+        return isinstance(other, RunTransformer) and (other.dataset.id, other.name, other.k) == (self.dataset.id, self.name, self.k)
 
     def __hash__(self):
-        return hash(('RunTransformer', self.dataset.name, self.name, self.k))
+        return hash(('RunTransformer', self.dataset.id, self.name, self.k))
 
 
 class MsMarcoPassage(Dataset):
@@ -241,9 +230,7 @@ class MsMarcoPassage(Dataset):
         return super()._check_split(split)
 
     def get_topics(self, split=None):
-        split = self._check_split(split)
-        rows = [line.split('\t', 1) for line in _read_lines(self.root / 'queries' / f'{split}.tsv') if line.strip()]
-        return pd.DataFrame(rows, columns=['qid', 'query'])
+        return read_tsv_topics(self.root / 'queries' / f'{self._check_split(split)}.tsv')
 
     def get_qrels(self, split=None):
         return read_trec_qrels(self.root / 'qrels' / f'{self._check_split(split)}.qrels')
@@ -291,8 +278,17 @@ class MsMarcoTrain(Dataset):
         self.root = Path(root)
 
     def _pairs(self):
-        rows = [line.split('\t') for line in _read_lines(self.root / 'dev-small-positives' / 'dev-small.positives.tsv')]
-        return pd.DataFrame([r[:4] for r in rows if len(r) >= 4], columns=['qid', 'docno', 'query', 'text'])
+        path = _resolve(self.root / 'dev-small-positives' / 'dev-small.positives.tsv')
+        rows = []
+        for n, line in enumerate(_read_lines(path), 1):
+            if not line.strip():
+                continue
+            r = line.split('\t')
+            if len(r) < 4:
+                raise KnowacqError(f'{path}:{n}: has {len(r)} tab-separated field(s), not 4; write each line as '
+                                   'qid<TAB>docno<TAB>query<TAB>passage text')
+            rows.append(r[:4])
+        return pd.DataFrame(rows, columns=['qid', 'docno', 'query', 'text'])
 
     def get_topics(self, split=None):
         self._check_split(split)
@@ -304,6 +300,9 @@ class MsMarcoTrain(Dataset):
         df['label'] = 1
         return df
 
+    def _corpus_files(self):
+        return [_resolve(self.root / 'dev-small-positives' / 'passages.tsv')]
+
     def get_corpus_iter(self, verbose=False):
         for line in _read_lines(self.root / 'dev-small-positives' / 'passages.tsv'):
             docno, _, text = line.partition('\t')
@@ -312,7 +311,7 @@ class MsMarcoTrain(Dataset):
 
     def train_records(self) -> List[dict]:
         """``{query, pos: [...], neg: [...], (pos_scores, neg_scores)}`` records of the 110 MS MARCO train queries."""
-        return [json.loads(line) for line in _read_lines(self.root / 'combined' / 'train.jsonl') if line.strip()]
+        return read_jsonl(self.root / 'combined' / 'train.jsonl', '{"query": "...", "pos": ["..."], "neg": ["..."]}')
 
     def provenance(self):
         return (self.root / 'PROVENANCE.md').read_text()
@@ -327,11 +326,24 @@ class BeirDataset(Dataset):
             raise KnowacqError(f'BEIR folder {self.root} does not exist; give a folder holding corpus.jsonl, queries.jsonl and qrels/')
         for needed in ('corpus.jsonl', 'queries.jsonl'):
             _resolve(self.root / needed)
+        if name is not None and (not isinstance(name, str) or not name.strip() or '/' in name or name.startswith(('beir:', 'irds:'))):
+            raise KnowacqError(f'BEIR dataset name {name!r} must be a short non-empty label without "/" (e.g. cisi)')
+        self._given_name = name
         self.name = name or self.root.name
         qrels = self.root / 'qrels'
         self.splits = tuple(sorted({p.name.split('.')[0] for p in qrels.glob('*.tsv*')})) if qrels.is_dir() else ()
         if not self.splits:
             raise KnowacqError(f'{self.root}/qrels holds no <split>.tsv files; BEIR folders need qrels to evaluate')
+
+    @cached_property
+    def id(self) -> str:
+        """The given name, else ``<folder name>-<hash of resolved path and content>``: BEIR's own layout names every
+        folder after the collection's parent, so two collections in folders called ``beir`` must not share an id."""
+        if self._given_name:
+            return self._given_name
+        import hashlib
+        key = hashlib.sha1(f'{self.root.resolve()}|{self.fingerprint()}'.encode('utf-8', 'surrogateescape')).hexdigest()[:8]
+        return f'{self.root.resolve().name}-{key}'
 
     def _check_split(self, split):
         if split is None:
@@ -340,13 +352,10 @@ class BeirDataset(Dataset):
 
     @cached_property
     def _queries(self) -> Dict[str, str]:
-        return {q['_id']: q['text'] for q in map(json.loads, filter(str.strip, _read_lines(self.root / 'queries.jsonl')))}
+        return read_beir_queries(self.root / 'queries.jsonl')
 
     def get_qrels(self, split=None):
-        split = self._check_split(split)
-        lines = _read_lines(self.root / 'qrels' / f'{split}.tsv')
-        rows = [line.split('\t') for line in lines[1:] if line.strip()]
-        return pd.DataFrame([(r[0], r[1], int(float(r[2]))) for r in rows], columns=['qid', 'docno', 'label'])
+        return read_beir_qrels(self.root / 'qrels' / f'{self._check_split(split)}.tsv')
 
     def get_topics(self, split=None):
         qids = self.get_qrels(split)['qid'].unique()
@@ -357,11 +366,7 @@ class BeirDataset(Dataset):
         return [_resolve(self.root / 'corpus.jsonl')]
 
     def get_corpus_iter(self, verbose=False):
-        for line in _read_lines(self.root / 'corpus.jsonl'):
-            if line.strip():
-                d = json.loads(line)
-                title, text = d.get('title') or '', d.get('text') or ''
-                yield {'docno': str(d['_id']), 'text': f'{title} {text}'.strip() if title else text}
+        yield from iter_beir_corpus(self.root / 'corpus.jsonl')
 
     def provenance(self):
         p = self.root / 'PROVENANCE.md'
@@ -378,7 +383,23 @@ class IrdsDataset(Dataset):
             self._ds = ir_datasets.load(irds_id)
         except KeyError as e:
             raise KnowacqError(f'unknown ir_datasets id {irds_id!r}; see https://ir-datasets.com for the list') from e
+        self.irds_id = irds_id
         self.splits = ()
+
+    def corpus_fingerprint(self) -> str:
+        """An ir_datasets id names fixed, checksummed data, so the id of the dataset that provides the documents keys
+        the corpus (``msmarco-passage/trec-dl-2019`` and ``msmarco-passage/train`` share one index); never iterates it."""
+        import hashlib
+        import ir_datasets
+        try:
+            parent = ir_datasets.docs_parent_id(self.irds_id)
+        except Exception:  # noqa: BLE001 - older ir_datasets: the dataset's own id is still a correct (finer) key
+            parent = self.irds_id
+        return hashlib.sha1(f'irds-docs:{parent}'.encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        import hashlib
+        return hashlib.sha1(f'irds:{self.irds_id}'.encode()).hexdigest()[:16]
 
     def _check_split(self, split):
         return split
@@ -417,22 +438,63 @@ DATASETS = {
     **{name: (lambda n=name: BeirDataset(DATA_DIR / n, n)) for name in ('scifact', 'nfcorpus', 'vaswani', 'cranfield', 'nq-dpr-sample')},
 }
 
-_CACHE: Dict[str, Dataset] = {}
+_CACHE: Dict[tuple, Dataset] = {}
+
+_SPEC_HELP = (f'choose one of {sorted(DATASETS)}, beir:/path/to/folder, irds:<id>, '
+              'or a mapping {beir: path/to/folder, name: my-collection}')
+
+
+def dataset_spec_label(spec) -> str:
+    """A short label of a dataset spec, for result folder names: ``scifact``, ``trec-covid`` (of ``beir:/x/trec-covid``),
+    ``cisi`` (of ``{beir: ..., name: cisi}``), the whole ``a/b/c`` of ``irds:a/b/c``."""
+    if isinstance(spec, Dataset):
+        return spec.name
+    if isinstance(spec, dict):
+        if spec.get('name'):
+            return str(spec['name'])
+        spec = f"beir:{spec['beir']}" if spec.get('beir') else f"irds:{spec.get('irds', '')}"
+    spec = str(spec)
+    if spec.startswith('irds:'):
+        return spec[len('irds:'):]
+    return spec.split(':')[-1].rstrip('/').split('/')[-1]
 
 
 def get_dataset(name) -> Dataset:
-    """Look up a dataset: an embedded name, ``beir:/path`` or ``irds:<id>`` (a :class:`Dataset` passes through)."""
+    """Look up a dataset: an embedded name, ``beir:/path``, ``irds:<id>``, or a mapping ``{beir: path, name: label}``
+    (``{irds: id}``) as written in YAML; a :class:`Dataset` passes through.
+
+    A BEIR folder without a ``name`` gets the id ``<folder name>-<hash of its resolved path and content>``
+    (:attr:`Dataset.id`), so two collections in folders of the same name never share results or caches.
+    """
     if isinstance(name, Dataset):
         return name
+    label = None
+    if isinstance(name, dict):
+        unknown = sorted(set(name) - {'beir', 'irds', 'name'}, key=str)
+        kinds = [k for k in ('beir', 'irds') if name.get(k)]
+        if unknown or len(kinds) != 1:
+            raise KnowacqError(f'dataset mapping {name!r} must have exactly one of beir: or irds: (and optionally name:); '
+                               'e.g. {beir: path/to/folder, name: cisi}')
+        label = name.get('name')
+        name = f'{kinds[0]}:{name[kinds[0]]}'
     if not isinstance(name, str) or not name:
-        raise KnowacqError(f'dataset must be a name, got {name!r}; choose one of {sorted(DATASETS)}, beir:/path or irds:<id>')
-    if name not in _CACHE:
+        raise KnowacqError(f'dataset must be a name, got {name!r}; {_SPEC_HELP}')
+    if name.startswith('beir:'):
+        key = ('beir', str(Path(os.path.expanduser(name[5:])).resolve()), label)
+    else:
+        key = (name, label)
+    if key not in _CACHE:
         if name.startswith('beir:'):
-            _CACHE[name] = BeirDataset(os.path.expanduser(name[5:]))
+            _CACHE[key] = BeirDataset(os.path.expanduser(name[5:]), label)
         elif name.startswith('irds:'):
-            _CACHE[name] = IrdsDataset(name[5:])
+            if label is not None:
+                raise KnowacqError(f'an irds: dataset is named by its id; drop name: {label!r}')
+            _CACHE[key] = IrdsDataset(name[5:])
         elif name in DATASETS:
-            _CACHE[name] = DATASETS[name]()
+            _CACHE[key] = DATASETS[name]()
         else:
-            raise KnowacqError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}, beir:/path/to/folder or irds:<id>')
-    return _CACHE[name]
+            import difflib
+            close = difflib.get_close_matches(name, list(DATASETS), n=1)
+            hint = f' (did you mean {close[0]!r}?)' if close else ''
+            raise KnowacqError(f'unknown dataset {name!r}{hint}; {_SPEC_HELP}')
+    return _CACHE[key]

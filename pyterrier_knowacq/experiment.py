@@ -27,7 +27,7 @@ from typing import Dict, Optional
 
 import pandas as pd
 
-from ._util import KnowacqError, atomic_directory, atomic_write_json, atomic_write_text, cache_dir
+from ._util import KnowacqError, atomic_directory, atomic_write_json, atomic_write_text, cache_dir, write_csv, write_jsonl
 from .datasets import get_dataset
 from .experiment_config import (DEFAULT_MEASURES, KEYS, MODEL_TRAINERS, Fold, _fold_data, _measures, _slug,  # noqa: F401
                                 check_config, folds_of, load_config, runs_on)
@@ -39,16 +39,66 @@ __all__ = ['load_config', 'run_experiment', 'register_stage', 'DEFAULT_MEASURES'
 FORMAT = 'pyterrier_knowacq.results/1'
 
 
+class ResultsExist(KnowacqError):
+    """The results folder exists and may not be replaced; ``flag`` is how the message names the way to replace it
+    (``overwrite=True`` in Python; the command line says ``--overwrite``)."""
+
+    def __init__(self, message: str, flag: str):
+        super().__init__(message)
+        self.flag = flag
+
+
+#: import names of every library whose version can change the numbers; the versions recorded are those of the
+#: distributions that really provide them (the ``pyterrier`` module comes from ``pyterrier``, not the empty
+#: ``python-terrier`` shim; ``faiss`` from ``faiss-cpu`` or ``faiss-gpu``)
+VERSIONED_MODULES = ('pyterrier', 'pyterrier_alpha', 'pyterrier_dr', 'pyterrier_pisa', 'ir_datasets', 'ir_measures',
+                     'torch', 'transformers', 'tokenizers', 'safetensors', 'huggingface_hub', 'accelerate', 'peft',
+                     'sentence_transformers', 'faiss', 'numpy', 'pandas', 'scipy', 'statsmodels')
+
+
 def _versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    """``{'python': ..., 'pyterrier-knowacq': ..., 'pyterrier': ..., 'torch': ..., ...}``: the installed libraries that
+    can change the numbers, keyed by normalised distribution name; missing (optional) ones are left out."""
+    import re
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
     out = {'python': platform.python_version(), 'platform': platform.platform()}
-    for pkg in ('pyterrier-knowacq', 'python-terrier', 'pyterrier-dr', 'pyterrier-pisa', 'torch', 'transformers',
-                'ir-measures', 'faiss-cpu', 'numpy', 'pandas'):
+    providers = packages_distributions()
+    for dist in ['pyterrier-knowacq'] + [d for module in VERSIONED_MODULES for d in providers.get(module, [])]:
+        key = re.sub(r'[-_.]+', '-', dist).lower()
+        if key in out:
+            continue
         try:
-            out[pkg] = version(pkg)
+            out[key] = version(dist)
         except PackageNotFoundError:
             pass
     return out
+
+
+def _platform() -> Dict[str, object]:
+    """The hardware and OS a run was measured on (ir_metadata's platform block): CPU model, logical cores, RAM, GPUs."""
+    import os
+    cpu = None
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.lower().startswith('model name')), None)
+    except OSError:
+        pass
+    ram_gb = None
+    try:
+        ram_gb = round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30, 1)
+    except (AttributeError, ValueError, OSError):
+        pass
+    gpus, cuda = [], None
+    try:
+        import torch
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            cuda = torch.version.cuda
+    except Exception:  # a broken CUDA set-up must not stop the run from recording the rest
+        pass
+    return {'cpu': cpu or platform.processor() or platform.machine() or None, 'logical_cores': os.cpu_count(),
+            'ram_gb': ram_gb, 'gpus': gpus, 'cuda': cuda, 'os': platform.platform(), 'machine': platform.machine(),
+            'python': f'{platform.python_implementation()} {platform.python_version()}'}
 
 
 def _git_commit() -> Optional[str]:
@@ -84,7 +134,8 @@ def _train_models(config, fold: Fold, dataset, seed, dry_run) -> Dict[str, str]:
         train_ds, train_split = _fold_data(dataset, fold.train)
         if train_split is None and fold.train is None:
             raise KnowacqError(f'model {name!r} must be trained, so the experiment needs folds: [{{train: ..., test: ...}}]')
-        out = cache_dir('trained') / _slug(f'{config["name"]}-{fold.train}-{name}')
+        # (a pointer folder: the model itself is cached under a key of the data's and weights' content)
+        out = cache_dir('trained') / _slug(f'{config["name"]}-{train_ds.id}-{fold.train}-{name}')
         kwargs = dict(dataset=train_ds, train_split=train_split, output_dir=out, seed=seed)
         if 'dry_run' in inspect.signature(fn).parameters:
             kwargs['dry_run'] = dry_run
@@ -117,6 +168,7 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
     meta = {'format': FORMAT, 'experiment': config['name'], 'study': config.get('study', 'spine'),
             'description': config.get('description', ''), 'config': config,
             'command': command or ' '.join(shlex.quote(a) for a in sys.argv), 'versions': _versions(),
+            'platform': _platform(),
             'git_commit': _git_commit(), 'seed': seed, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
             'measures': [str(m) for m in measures], 'baseline': config.get('baseline'), 'test': config.get('test', 't'),
             'correction': correction, 'collections': [], 'systems': [], 'timings': {}, 'models': {}}
@@ -129,6 +181,8 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
     if len({s['slug'] for s in meta['systems']}) != len(names):
         raise KnowacqError('two system names reduce to the same file name; rename one of them')
 
+    if out.exists() and not overwrite:
+        raise ResultsExist(f'{out} already exists; remove it or pass overwrite=True', flag='overwrite=True')
     with atomic_directory(out, overwrite=overwrite) as tmp:
         atomic_write_text(tmp / 'config.yaml', Path(path).read_text(encoding='utf-8'))
         trained_on: Dict[Optional[str], Dict[str, str]] = {}
@@ -155,19 +209,23 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
                 t0 = time.time()
                 res = pipeline(topics)
                 timings[name] = round(time.time() - t0, 3)
-                pt.io.write_results(res, str(coll / 'runs' / f'{_slug(name)}.res.gz'))
+                pt.io.write_results(res, str(coll / 'runs' / f'{_slug(name)}.res.gz'), run_name=_slug(name))
                 results.append(res)
             common = dict(names=fold_names, baseline=baseline, test=config.get('test', 't'), correction=correction,
                           correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
             fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
             agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
             perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=fold_names, verbose=False)
-            agg.to_csv(coll / 'aggregated.csv', index=False)
-            topics[['qid', 'query']].to_csv(coll / 'topics.tsv', sep='\t', index=False, header=False)
-            perq.to_csv(coll / 'perquery.csv', index=False)
+            write_csv(agg, coll / 'aggregated.csv')
+            # JSON lines, not TSV: query texts holding tabs, quotes, newlines or U+2028 come back exactly as run
+            write_jsonl(coll / 'topics.jsonl', ({'qid': str(q), 'query': str(t)} for q, t in zip(topics['qid'], topics['query'])))
+            write_csv(perq, coll / 'perquery.csv')
             meta['timings'][fold.folder] = timings
-            meta['collections'].append({'name': fold.folder, 'dataset': test_ds.name, 'topics': test_split or fold.test,
-                                        'train_dataset': dataset.name if fold.train else None,
+            # results are grouped by dataset id + content fingerprint: two collections that share a folder name are
+            # never compared with each other (the leaderboard keeps them in separate tables)
+            meta['collections'].append({'name': fold.folder, 'dataset': test_ds.id, 'dataset_name': test_ds.name,
+                                        'dataset_fingerprint': test_ds.fingerprint(), 'topics': test_split or fold.test,
+                                        'train_dataset': dataset.id if fold.train else None,
                                         'measures': [str(m) for m in fold_measures],
                                         'train': fold.train, 'num_queries': int(len(topics)),
                                         'provenance': _first_paragraph(test_ds.provenance())})

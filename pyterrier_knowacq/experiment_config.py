@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 from ._util import KnowacqError
 from .datasets import Dataset, get_dataset
@@ -60,19 +59,57 @@ def _slug(text: str) -> str:
 
 
 def load_config(path) -> Dict[str, Any]:
-    """Read and check an experiment file (``yaml.safe_load``); every problem is one :class:`KnowacqError`."""
+    """Read and check an experiment file (``yaml.safe_load``); every problem is one :class:`KnowacqError` of one line
+    that names the file and line: ``<file>:<line>: <problem>; <fix>`` (``<file>:<line>:<col>: not valid YAML ...``)."""
+    from .readers import file_error, load_yaml, locate_error, yaml_line
     path = Path(path)
     if not path.exists():
         raise KnowacqError(f'experiment file {path} does not exist; see experiments/ for examples')
+    config, node = load_yaml(path, 'experiment file')
+    if config is None:
+        raise file_error(path, 1, 'is empty', 'write a YAML mapping with name:, dataset: and systems: (see experiments/)')
+    if not isinstance(config, dict):
+        raise file_error(path, node.start_mark.line + 1, f'must be a YAML mapping with keys such as name, dataset, topics, '
+                         f'systems, not a {type(config).__name__}', 'write `key: value` lines such as `name: my-experiment`')
+    # the shapes check_config relies on (None: not given)
+    shapes = {'name': ((str, int, float), 'a plain name such as my-experiment'),
+              'baseline': (str, 'the name of one of the systems'),
+              'models': (dict, 'a mapping of model name -> training spec'),
+              'measures': ((list, str), 'a list such as [nDCG@10, RR(rel=2)@10]'),
+              'seed': (int, 'an integer such as 42'), 'rerank_depth': (int, 'an integer such as 100'),
+              'correction_alpha': ((int, float), 'a number such as 0.05')}
+    for key, (types, fix) in shapes.items():
+        value = config.get(key)
+        if (value is None and key == 'name' and key in config) or \
+                (value is not None and (isinstance(value, bool) or not isinstance(value, types))):
+            raise file_error(path, yaml_line(node, key), f'{key} is {value!r:.60}', f'write {key}: as {fix}')
+    for name, spec in (config.get('models') or {}).items():
+        if spec is not None and not isinstance(spec, dict):
+            raise file_error(path, yaml_line(node, 'models', name), f'model {name!r} is {spec!r:.60}, not a mapping',
+                             'write its training spec as a mapping such as {backbone: minilm-l6, stages: [...]}')
+        if spec and spec.get('kind') is not None and not isinstance(spec.get('kind'), str):
+            raise file_error(path, yaml_line(node, 'models', name, 'kind'), f'model {name!r} has kind {spec["kind"]!r:.60}',
+                             f'choose one of {list(MODEL_TRAINERS)}')
+    source = str(path)
     try:
-        config = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except UnicodeDecodeError as e:
-        raise KnowacqError(f'{path} is not UTF-8 text ({e}); save it as UTF-8') from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise KnowacqError(f'{path} is not valid YAML{where}: {getattr(e, "problem", e)}; fix the syntax') from e
-    return check_config(config, str(path))
+        return check_config(config, source)
+    except KnowacqError as e:
+        message = str(e)
+        if re.match(re.escape(source) + r':\d+', message):
+            raise  # already names its line
+        if message.startswith(source):
+            message = message[len(source):].lstrip(':').lstrip()
+        missing = re.match(r"missing required key '(\w+)'", message)
+        if missing:
+            message += f'; add `{missing[1]}:` at the top level'
+        # the entry a message is about: its opening words narrow the search, its quoted names find the line
+        scopes = [(r'^fold (\d+)', lambda m: ('folds', int(m[1]) - 1)),
+                  (r"""^system (['"])(.*?)\1""", lambda m: ('systems', m[2])),
+                  (r"""^model (['"])(.*?)\1""", lambda m: ('models', m[2])),
+                  (r'^(unknown stage|stage |cannot read stage|unbalanced|a system must)', ('systems',)),
+                  (r'^(the )?baseline\b', ('baseline',))]
+        line = yaml_line(node) if missing else locate_error(message, node, scopes)
+        raise file_error(path, line, message) from None
 
 
 def check_config(config, source: str = '<config>') -> Dict[str, Any]:
@@ -156,14 +193,29 @@ def runs_on(spec, collection: str) -> bool:
 
 
 def _measures(config):
+    """The ``measures:`` as ir_measures objects; ir_measures names (``nDCG@10``, ``RR(rel=2)@10``) and trec_eval
+    names (``ndcg_cut_10``, ``ndcg_cut.10``, ``recip_rank``, ``map``, ``P_10``, ``recall_100``) are both accepted."""
     import ir_measures
     out = []
     for m in config.get('measures') or DEFAULT_MEASURES:
-        try:
-            out.append(ir_measures.parse_measure(str(m)))
+        try:   # str() inside: ir_measures accepts some bad parameters (RR(arel=2)) and fails only when printing them
+            parsed = ir_measures.parse_measure(str(m))
+            str(parsed)
+            out.append(parsed)
+            continue
         except Exception:
-            raise KnowacqError(f'unknown measure {m!r}; write ir_measures names such as nDCG@10, RR(rel=2)@10, AP(rel=2), R@100') from None
-    return out
+            pass
+        try:  # trec_eval syntax; one name may stand for several measures (ndcg_cut.10,20)
+            parsed = list(ir_measures.parse_trec_measure(str(m)))
+            [str(x) for x in parsed]
+            out.extend(parsed)
+        except Exception:
+            raise KnowacqError(f'unknown measure {m!r}; write ir_measures names such as nDCG@10, RR(rel=2)@10, AP(rel=2), '
+                               'R@100, or trec_eval names such as ndcg_cut_10, recip_rank, map, recall_100, P_10') from None
+    unique = {}  # the same measure written twice (nDCG@10 and ndcg_cut_10) is measured once
+    for m in out:
+        unique.setdefault(str(m), m)
+    return list(unique.values())
 
 
 @dataclass
@@ -172,7 +224,7 @@ class Fold:
     ``{train: dl20, test: test, test_dataset: scifact}``: models trained on DL20, evaluated on SciFact test)."""
     test: str
     train: Optional[str] = None
-    test_dataset: Optional[str] = None
+    test_dataset: Optional[Any] = None   # a dataset name, or a mapping {beir: path, name: label}
     measures: Optional[List[str]] = None
 
     @property
@@ -189,13 +241,13 @@ class Fold:
         return _fold_data(dataset, self.test)
 
 
-def _dataset_label(name: str) -> str:
-    """``scifact`` -> ``scifact``; ``beir:/data/trec-covid`` -> ``trec-covid``; ``irds:a/b/c`` -> ``a/b/c`` (the whole
-    id: ``irds:msmarco-passage/trec-dl-2019/judged`` and ``.../trec-dl-2020/judged`` must not both be ``judged``)."""
-    name = str(name)
-    if name.startswith('irds:'):
-        return name[len('irds:'):]
-    return name.split(':')[-1].rstrip('/').split('/')[-1]
+def _dataset_label(name) -> str:
+    """``scifact`` -> ``scifact``; ``beir:/data/trec-covid`` -> ``trec-covid``; ``{beir: ..., name: cisi}`` -> ``cisi``;
+    ``irds:a/b/c`` -> ``a/b/c`` (the whole id: ``irds:msmarco-passage/trec-dl-2019/judged`` and
+    ``.../trec-dl-2020/judged`` must not both be ``judged``). A label names a folder only: results are grouped by
+    the dataset's :attr:`~.datasets.Dataset.id`."""
+    from .datasets import dataset_spec_label
+    return dataset_spec_label(name)
 
 
 def folds_of(config, source: str = '<config>') -> List[Fold]:
@@ -219,7 +271,8 @@ def folds_of(config, source: str = '<config>') -> List[Fold]:
                     raise KnowacqError(f'{source}: fold {i} measures must be a non-empty list such as [nDCG@10, RR@10]')
                 _measures({'measures': measures})
                 measures = [str(m) for m in measures]
-            folds.append(Fold(measures=measures, **{k: str(v) for k, v in f.items() if v is not None and k != 'measures'}))
+            folds.append(Fold(measures=measures, **{k: (v if k == 'test_dataset' and isinstance(v, dict) else str(v))
+                                                    for k, v in f.items() if v is not None and k != 'measures'}))
     else:
         topics = config.get('topics')
         folds = [Fold(str(t)) for t in (topics if isinstance(topics, list) else [topics])]

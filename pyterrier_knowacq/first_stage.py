@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from functools import cached_property
 
@@ -48,10 +49,12 @@ def pisa_index(dataset, verbose: bool = False):
     """The cached PISA index of a dataset's corpus, built on first use and rebuilt when the corpus changes."""
     from pyterrier_pisa import PisaIndex
     dataset = get_dataset(dataset)
-    safe = dataset.name.replace('/', '_').replace(':', '_')
-    folder = cache_dir('indexes') / f'pisa-{safe}'
-    stamp = folder / 'knowacq.fingerprint'
+    # keyed by the corpus content, never by the dataset's name: two collections in folders called `beir` get two
+    # indexes, and one corpus reached through two names (e.g. irds ids sharing their documents) gets one
     fingerprint = dataset.corpus_fingerprint()
+    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', dataset.name).strip('_')[-40:] or 'corpus'
+    folder = cache_dir('indexes') / f'pisa-{safe}-{fingerprint}'
+    stamp = folder / 'knowacq.fingerprint'
     if not (stamp.exists() and stamp.read_text() == fingerprint):
         shutil.rmtree(folder, ignore_errors=True)
         tmp = folder.with_name(folder.name + '.partial')

@@ -23,7 +23,7 @@ SIG_SUFFIXES = (' +', ' -', ' p-value', ' reject', ' p-value corrected')
 TAG_KEYS = ('study', 'backbone', 'strategy', 'first_stage')
 # the files of a results folder that the site keeps a copy of (relative glob patterns)
 KEPT_PATTERNS = ('meta.json', 'config.yaml', 'report.json', 'report.md', 'plots/*.png', 'plots/*.svg',
-                 'tables/*.csv', '*/aggregated.csv', '*/perquery.csv', '*/topics.tsv', '*/runs/*.res.gz')
+                 'tables/*.csv', '*/aggregated.csv', '*/perquery.csv', '*/topics.jsonl', '*/topics.tsv', '*/runs/*.res.gz')
 
 
 META_TYPES = {'systems': list, 'collections': list, 'timings': dict, 'versions': dict, 'config': dict,
@@ -118,8 +118,10 @@ class Collection:
         return self._series.get((name, measure))
 
     @property
-    def key(self) -> Tuple[str, str]:
-        return (str(self.info.get('dataset') or ''), self.name)
+    def key(self) -> Tuple[str, str, str]:
+        """What a table groups by: the dataset's id, the collection, and the data's content fingerprint (two
+        collections with one name but other qrels or documents never share a table)."""
+        return (str(self.info.get('dataset') or ''), self.name, str(self.info.get('dataset_fingerprint') or ''))
 
 
 @dataclass
@@ -179,15 +181,29 @@ def read_collection(folder: Path, info: Dict, meta: Dict) -> Collection:
         if missing:
             raise FolderProblem(f'{pq_file} lacks the columns {sorted(missing)}; it is not pt.Experiment output')
         perquery['value'] = _num(perquery['value'])
-    topics = {}
-    topics_file = folder / name / 'topics.tsv'
-    if topics_file.is_file():
-        for line in topics_file.read_text(encoding='utf-8', errors='replace').splitlines():
-            qid, _, text = line.partition('\t')
-            topics[qid] = text
+    return Collection(name, info, measures, agg, perquery, _read_topics(folder / name), _baseline(meta, agg))
+
+
+def _baseline(meta: Dict, agg: pd.DataFrame) -> Optional[str]:
     baseline = meta.get('baseline')
-    baseline = str(baseline) if baseline is not None and str(baseline) in set(agg['name']) else None
-    return Collection(name, info, measures, agg, perquery, topics, baseline)
+    return str(baseline) if baseline is not None and str(baseline) in set(agg['name']) else None
+
+
+def _read_topics(coll_dir: Path) -> Dict[str, str]:
+    """qid -> query text, exactly as run: ``topics.jsonl``, or an older folder's CSV-quoted ``topics.tsv``."""
+    jsonl = coll_dir / 'topics.jsonl'
+    try:
+        if jsonl.is_file():
+            from ._util import read_jsonl
+            return {str(r['qid']): str(r['query']) for r in read_jsonl(jsonl)}
+        tsv = coll_dir / 'topics.tsv'
+        if tsv.is_file():   # written by pandas' to_csv: parse it as CSV (quotes undone), never split it into lines
+            frame = pd.read_csv(tsv, sep='\t', header=None, names=['qid', 'query'], dtype=str, keep_default_na=False,
+                                quoting=0, engine='python')
+            return dict(zip(frame['qid'], frame['query']))
+    except Exception as e:  # noqa: BLE001 - the texts are decoration: the tables still render without them
+        raise FolderProblem(f'{coll_dir}: its topics file cannot be read ({e}); re-run `knowacq run` for it') from e
+    return {}
 
 
 def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData:

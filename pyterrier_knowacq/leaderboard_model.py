@@ -82,8 +82,15 @@ def build_tables(systems: List[Dict]) -> Tuple[List[Dict], List[str]]:
             if system['name'] in set(coll.agg['name']):
                 groups.setdefault(coll.key + (tuple(coll.measures),), []).append((system, coll))
     tables, notes = [], []
-    for (dataset, cname, measures), members in groups.items():
-        tid = f't-{slugify(cname)}-{short_hash(dataset + chr(0) + cname + chr(0) + "|".join(measures))}'
+    # one id may name two contents (a name given to two different folders, or data edited between runs): those are
+    # different tables, told apart by the content fingerprint
+    variants: Dict[Tuple[str, str], set] = {}
+    for (dataset, cname, data_fp, _m) in groups:
+        variants.setdefault((dataset, cname), set()).add(data_fp)
+    for (dataset, cname, data_fp, measures), members in groups.items():
+        tid = f't-{slugify(cname)}-{short_hash(dataset + chr(0) + cname + chr(0) + "|".join(measures) + (chr(0) + data_fp if data_fp else ""))}'
+        if len(variants[(dataset, cname)]) > 1:
+            dataset = f'{dataset} · data {data_fp[:8] or "unrecorded"}'
         rows = {s['id']: {'system': s, 'cells': {}} for s, _ in members}
         missing_pq = sorted({c.name + ' of ' + s['origin'] for s, c in members if c.perquery is None})
         if missing_pq:

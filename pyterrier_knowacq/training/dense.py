@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 import shutil
@@ -305,9 +304,8 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
             val = spec['validation']
             spec['validation'] = {**val, 'queries': min(int(val['queries']), 3), 'depth': min(int(val.get('depth', 30)), 5)}
             spec['eval_every'] = 1
-    blob = json.dumps({'v': VERSION, 'spec': spec, 'dataset': dataset.name, 'split': train_split, 'seed': seed},
-                      sort_keys=True, default=str)
-    key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    from .cache_keys import training_key
+    key = training_key(spec, dataset, train_split, seed, VERSION)   # content of data and weights, not names
     final = cache_dir('models', 'trained-dense') / key
     if not (final / 'knowacq.json').exists():
         bienc = build_biencoder(spec, seed)
@@ -337,7 +335,7 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
         result = Trainer(task, cfg, work).train()
         with atomic_directory(final, overwrite=True) as tmp:
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.name, 'split': train_split,
+            atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.id, 'split': train_split,
                                                       'seed': seed, 'steps': result.steps, 'groups': len(groups),
                                                       'eval_every': every, 'validation_qids': val_qids,
                                                       'validation': yardsticks,

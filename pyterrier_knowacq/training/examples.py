@@ -202,9 +202,10 @@ def _slice_index(dataset, extra_texts: Dict[str, str]):
     """A PISA BM25 index over the dataset's corpus plus ``extra_texts`` (cached by corpus fingerprint)."""
     import hashlib
     import pyterrier_pisa
-    fp = dataset.corpus_fingerprint() if hasattr(dataset, 'corpus_fingerprint') else dataset.name
-    key = hashlib.sha1((str(fp) + str(len(extra_texts))).encode()).hexdigest()[:12]
-    path = cache_dir('indexes') / f'pisa-{dataset.name}-plus-{key}'
+    h = hashlib.sha1(dataset.corpus_fingerprint().encode())
+    for d in sorted(extra_texts):   # the added texts' content, not their count, decides the index
+        h.update(f'\0{d}\0{extra_texts[d]}'.encode('utf-8', 'surrogateescape'))
+    path = cache_dir('indexes') / f'pisa-{re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name)[-40:]}-plus-{h.hexdigest()[:12]}'
     index = pyterrier_pisa.PisaIndex(str(path), text_field='text')
     if not index.built():
         from .._util import atomic_directory

@@ -30,8 +30,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -60,26 +58,60 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     stages = spec.get('stages')
     if not isinstance(stages, list) or not stages:
         raise KnowacqError('a model spec needs a non-empty `stages:` list')
+    if spec.get('validation') is not None and not isinstance(spec['validation'], dict):
+        raise KnowacqError(f'validation is {spec["validation"]!r:.60}; write it as a mapping such as {{queries: 10, run: bm25}}')
+    _check_numbers(spec, ('max_length', 'queries_per_batch', 'head_seed', 'freeze_layers'), 'the model spec', whole=True)
     from .losses import LOSSES
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
-            raise KnowacqError(f'stage {i + 1} must be a mapping')
+            raise KnowacqError(f'stage {i + 1} must be a mapping such as {{loss: lce, lr: 2.0e-5, steps: 200}}')
         check_keys(st, STAGE_KEYS, f'stage {i + 1}: unknown keys')
-        if st.get('loss') not in LOSSES:
-            raise KnowacqError(f'stage {i + 1}: loss {st.get("loss")!r} is not one of {sorted(LOSSES)}')
+        loss = st.get('loss')
+        if not isinstance(loss, str) or loss not in LOSSES:
+            import difflib
+            close = difflib.get_close_matches(str(loss), list(LOSSES), n=1)
+            hint = f' (did you mean {close[0]!r}?)' if close else ''
+            raise KnowacqError(f'stage {i + 1}: loss {loss!r} is not one of {sorted(LOSSES)}{hint}; set `loss:` to one of them')
         if not st.get('steps') and not st.get('epochs'):
-            raise KnowacqError(f'stage {i + 1}: give `steps:` or `epochs:`')
-        check_keys(st.get('data') or {}, DATA_KEYS, f'stage {i + 1}: unknown data keys')
+            raise KnowacqError(f'stage {i + 1}: give `steps:` or `epochs:`; add e.g. `steps: 200`')
+        _check_numbers(st, ('steps', 'grad_accum', 'queries_per_batch', 'eval_every', 'checkpoint_every'), f'stage {i + 1}',
+                       whole=True)
+        _check_numbers(st, ('lr', 'head_lr', 'epochs', 'warmup', 'weight_decay', 'max_grad_norm'), f'stage {i + 1}')
+        data = st.get('data') or {}
+        if not isinstance(data, dict):
+            raise KnowacqError(f'stage {i + 1}: data is {data!r:.60}; write it as a mapping such as {{run: bm25, negatives: 7}}')
+        check_keys(data, DATA_KEYS, f'stage {i + 1}: unknown data keys')
+        if loss == 'ranknet' and not data.get('teacher'):
+            raise KnowacqError(f'stage {i + 1}: a ranknet stage needs `data: {{teacher: <run name(s)>}}`; add one, e.g. '
+                               '`data: {teacher: rankgpt-3.5}`')
+        if loss in ('kl', 'margin_mse') and not data.get('scores'):
+            raise KnowacqError(f'stage {i + 1}: a {loss} stage needs `data: {{scores: <run name or teacher model>}}`; add '
+                               'the run or teacher model that scores the candidates')
     return spec
 
 
-def model_key(spec: Dict[str, Any], n_stages: int, dataset_name: str, split: str, seed: int) -> str:
-    """Hash of everything that determines the model after ``n_stages`` stages."""
+def _check_numbers(mapping, keys, where: str, whole: bool = False) -> None:
+    """The values at ``keys`` (when given) must be numbers (``2e-5`` reads as text in YAML and is accepted)."""
+    for key in keys:
+        value = mapping.get(key)
+        if value is None:
+            continue
+        try:
+            ok = not isinstance(value, bool) and float(value) == float(value) and (not whole or float(value) == int(float(value)))
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            kind = 'an integer' if whole else 'a number'
+            raise KnowacqError(f'{where}: {key} is {value!r:.40}; write {kind} such as {"100" if whole else "2.0e-5"}')
+
+
+def model_key(spec: Dict[str, Any], n_stages: int, dataset, split: str, seed: int) -> str:
+    """Hash of everything that determines the model after ``n_stages`` stages: the spec so far, the training data's
+    content and the weights it starts from (:func:`~.cache_keys.training_key`)."""
+    from .cache_keys import training_key
     prefix = {k: v for k, v in spec.items() if k != 'stages'}
     prefix['stages'] = spec['stages'][:n_stages]
-    blob = json.dumps({'v': VERSION, 'spec': prefix, 'dataset': dataset_name, 'split': split, 'seed': seed},
-                      sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return training_key(prefix, dataset, split, seed, VERSION)
 
 
 def _validator(spec, dataset, split, val_qids, text_of):
@@ -219,7 +251,7 @@ def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: 
     prev = Path(init) if init else None
     log = []
     for k, stage in enumerate(spec['stages'], start=1):
-        key = model_key(spec, k, dataset.name, train_split, seed)
+        key = model_key(spec, k, dataset, train_split, seed)
         final = root / key
         if (final / 'knowacq.json').exists():
             prev = final
@@ -230,7 +262,7 @@ def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: 
                                           verbose)
         with atomic_directory(final, overwrite=True) as tmp:
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / 'training.json', {'spec': spec, 'stage': k, 'dataset': dataset.name,
+            atomic_write_json(tmp / 'training.json', {'spec': spec, 'stage': k, 'dataset': dataset.id,
                                                       'split': train_split, 'seed': seed, 'steps': result.steps,
                                                       'best_metric': result.best_metric, 'selected': result.model_dir.name,
                                                       'validation_qids': val_qids, 'validation': yardsticks,
@@ -248,22 +280,72 @@ def train_from_config(path, *, seed: Optional[int] = None) -> Dict[str, Path]:
     """``knowacq train FILE``: train every entry of ``models:`` on ``train_split`` (or on each fold's train split).
 
     The file holds ``dataset``, ``seed``, ``models: {name: spec}`` and either ``train_split:`` or ``folds:``.
-    Returns ``{name or name@split: model folder}``.
+    Returns ``{name or name@split: model folder}``. Every problem in the file (YAML syntax, a missing key, a bad
+    model spec, an unknown dataset or split) is one ``<file>:<line>: <problem>; <fix>`` error, raised before any
+    training starts.
     """
-    import yaml
+    from ..datasets import get_dataset
+    from ..readers import file_error, load_yaml, locate_error, yaml_line
     path = Path(path)
     if not path.exists():
         raise KnowacqError(f'{path} does not exist; give the path of a training YAML file')
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or not cfg.get('models') or not cfg.get('dataset'):
-        raise KnowacqError(f'{path} needs `dataset:` and `models:` (name -> spec)')
-    seed = int(cfg.get('seed', 42) if seed is None else seed)
-    splits = [cfg['train_split']] if cfg.get('train_split') else [f['train'] for f in cfg.get('folds') or []]
+    cfg, node = load_yaml(path, 'training file')
+    layout = 'write `dataset:`, `models:` (name -> spec) and `train_split:` or `folds: [{train: ..., test: ...}]`'
+    if not isinstance(cfg, dict):
+        raise file_error(path, yaml_line(node), 'is empty' if cfg is None else f'is a {type(cfg).__name__}, not a mapping', layout)
+    for key in ('dataset', 'models'):
+        if not cfg.get(key):
+            raise file_error(path, yaml_line(node, key), f'needs `{key}:`' + (' (name -> spec)' if key == 'models' else ''), layout)
+    if not isinstance(cfg['models'], dict):
+        raise file_error(path, yaml_line(node, 'models'), f'models is {cfg["models"]!r:.60}, not a mapping', layout)
+    if seed is None:
+        seed = cfg.get('seed', 42)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise file_error(path, yaml_line(node, 'seed'), f'seed is {seed!r:.40}', 'write an integer such as 42')
+    seed = int(seed)
+    # the splits, each with the line it is named on
+    if cfg.get('train_split'):
+        splits = [(str(cfg['train_split']), yaml_line(node, 'train_split'))]
+    else:
+        folds = cfg.get('folds') or []
+        if not isinstance(folds, list):
+            raise file_error(path, yaml_line(node, 'folds'), 'folds is not a list', layout)
+        splits = []
+        for i, f in enumerate(folds):
+            if not isinstance(f, dict) or not f.get('train'):
+                raise file_error(path, yaml_line(node, 'folds', i), f'fold {i + 1} has no `train:` split',
+                                 'write each fold as {train: dl20, test: dl19}')
+            splits.append((str(f['train']), yaml_line(node, 'folds', i)))
     if not splits:
-        raise KnowacqError(f'{path} needs `train_split:` or `folds: [{{train: ..., test: ...}}]`')
+        raise file_error(path, yaml_line(node), 'needs `train_split:` or `folds:`', layout)
+    try:
+        dataset = get_dataset(cfg['dataset'])
+    except KnowacqError as e:
+        raise file_error(path, yaml_line(node, 'dataset'), str(e)) from None
+    for split, line in splits:
+        try:
+            dataset._check_split(split)
+        except KnowacqError as e:
+            raise file_error(path, line, str(e)) from None
+    specs = {}
+    for name, spec in cfg['models'].items():
+        if not isinstance(spec, dict):
+            raise file_error(path, yaml_line(node, 'models', name), f'model {name!r} is {spec!r:.40}, not a mapping',
+                             'write its spec as a mapping such as {backbone: minilm-l6, stages: [...]}')
+        spec = dict(spec)
+        kind = spec.pop('kind', 'cross-encoder')
+        if kind != 'cross-encoder':
+            raise file_error(path, yaml_line(node, 'models', name, 'kind'), f'model {name!r} has kind {kind!r:.40}; '
+                             '`knowacq train` trains cross-encoders', 'train it with `knowacq run` on the experiment, or remove it')
+        try:
+            specs[name] = validate_spec(spec)
+        except KnowacqError as e:
+            scopes = [(r'\bstage (\d+)', lambda m, name=name: ('models', name, 'stages', int(m[1]) - 1)),
+                      (r'', ('models', name))]
+            raise file_error(path, locate_error(str(e), node, scopes), f'model {name!r}: {e}') from None
     out = {}
-    for split in splits:
-        for name, spec in cfg['models'].items():
-            out[f'{name}@{split}' if len(splits) > 1 else name] = train_model(spec, dataset=cfg['dataset'],
-                                                                              train_split=split, seed=seed)
+    for split, _ in splits:
+        for name, spec in specs.items():
+            out[f'{name}@{split}' if len(splits) > 1 else name] = train_model(spec, dataset=dataset, train_split=split,
+                                                                              seed=seed)
     return out

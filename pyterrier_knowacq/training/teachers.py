@@ -39,12 +39,13 @@ def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, dep
     ``pt.Transformer`` taking ``qid, query, docno, text``); cached under ``cache_dir('runs', 'teachers')``."""
     from ..datasets import read_run
     name = name or repr(ranker)
-    run_id = run if isinstance(run, str) else hashlib.sha1(pd.util.hash_pandas_object(run[['qid', 'docno']]).values.tobytes()).hexdigest()[:10]
-    key = hashlib.sha1(f'{name}|{dataset.name}|{split}|{run_id}|{depth}'.encode()).hexdigest()[:16]
+    frame = dataset.get_run(run, split) if isinstance(run, str) else run.copy()
+    # keyed by content: the teacher (its name holds its weights' fingerprint), the data, and the run's rows
+    run_id = hashlib.sha1(pd.util.hash_pandas_object(frame[['qid', 'docno']].astype(str), index=False).values.tobytes()).hexdigest()[:16]
+    key = hashlib.sha1(f'{name}|{dataset.id}|{dataset.fingerprint()}|{split}|{run_id}|{depth}'.encode()).hexdigest()[:16]
     path = cache_dir('runs', 'teachers') / f'{key}.trec.gz'
     if path.exists():
         return read_run(path)
-    frame = dataset.get_run(run, split) if isinstance(run, str) else run.copy()
     frame = frame.assign(qid=frame['qid'].astype(str), docno=frame['docno'].astype(str))
     frame = frame.sort_values(['qid', 'rank'] if 'rank' in frame.columns else ['qid']).groupby('qid').head(depth)
     topics = dataset.get_topics(split)
@@ -58,15 +59,18 @@ def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, dep
 
 
 def teacher_ranker(spec: dict):
-    """``{biencoder: NAME, pooling: mean}`` or ``{crossencoder: FOLDER}`` -> a re-ranking transformer."""
+    """``{biencoder: NAME, pooling: mean}`` or ``{crossencoder: FOLDER}`` -> a re-ranking transformer and a name that
+    holds its weights' content fingerprint (the teacher-run cache key)."""
+    from ..backbones import model_fingerprint
     if 'biencoder' in spec:
         from ..biencoder import BiEncoder
         return BiEncoder.from_pretrained(spec['biencoder'], pooling=spec.get('pooling', 'mean')).scorer(), \
-            f"bi:{spec['biencoder']}:{spec.get('pooling', 'mean')}"
+            f"bi:{spec['biencoder']}:{spec.get('pooling', 'mean')}:{model_fingerprint(spec['biencoder'])}"
     if 'crossencoder' in spec:
         from ..crossencoder import CrossEncoder
-        return CrossEncoder.from_pretrained(spec['crossencoder'], max_length=int(spec.get('max_length', 256))), \
-            f"ce:{spec['crossencoder']}"
+        max_length = int(spec.get('max_length', 256))
+        return CrossEncoder.from_pretrained(spec['crossencoder'], max_length=max_length), \
+            f"ce:{spec['crossencoder']}:{max_length}:{model_fingerprint(spec['crossencoder'])}"
     raise KnowacqError(f'unknown teacher {spec}; use {{biencoder: NAME, pooling: mean}} or {{crossencoder: FOLDER}}')
 
 
