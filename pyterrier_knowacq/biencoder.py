@@ -29,7 +29,8 @@ from torch import nn
 
 from ._batching import default_device, distinct, pad_batch, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
-from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .backbones import (dpr_role, is_decoder_config, load_pretrained_encoder, load_tokenizer, paired_query_encoder,
+                        resolve_model)
 from .packed import last_hidden_state
 from .pooling import get_pooling
 
@@ -54,6 +55,25 @@ def _sentence_transformers_pooling(path: Path):
         if mod.get('type', '').endswith('Normalize'):
             normalize = True
     return pooling, normalize
+
+
+def _dpr_query_model(name, path) -> Optional[str]:
+    """The question encoder a DPR context encoder named alone pairs with; an error for DPR names that need one."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(path)
+    role = dpr_role(config, name)
+    if role == 'context':
+        pair = paired_query_encoder(str(name))
+        if pair is None:
+            raise KnowacqError(f'{name} is a DPR context (passage) encoder; its queries need the DPR question encoder it '
+                               f'was trained with: BiEncoder.from_pretrained({str(name)!r}, query_model=QUESTION_ENCODER) '
+                               '(or backbones.register_dpr_pair(CONTEXT, QUESTION) once)')
+        return pair
+    if role == 'question':
+        raise KnowacqError(f'{name} is a DPR question encoder; a DPR bi-encoder encodes passages with the context encoder: '
+                           f'BiEncoder.from_pretrained(CONTEXT_ENCODER, query_model={str(name)!r}) (e.g. '
+                           'facebook/dpr-ctx_encoder-single-nq-base; pass query_model=the same name to share it)')
+    return None
 
 
 class BiEncoder(pyterrier_dr.BiEncoder):
@@ -106,9 +126,15 @@ class BiEncoder(pyterrier_dr.BiEncoder):
         """Load a folder written by :meth:`save`, a sentence-transformers folder, or any encoder name/hub id.
 
         Without a ``knowacq.json`` or sentence-transformers config, pooling defaults to ``cls`` for encoders and
-        ``last`` for decoders.
+        ``last`` for decoders. Every weight comes from the checkpoint (else :class:`KnowacqError`, see
+        :func:`~pyterrier_knowacq.backbones.load_pretrained`).
+
+        DPR: ``name`` is the context (passage) encoder and ``query_model`` the question encoder; a context encoder
+        named alone gets its registered question encoder (``backbones.DPR_PAIRS``, e.g.
+        ``facebook/dpr-ctx_encoder-single-nq-base`` -> ``facebook/dpr-question_encoder-single-nq-base``), and one
+        without a registered pair, or a question encoder named alone, raises :class:`KnowacqError` asking for
+        ``query_model``. Both load as the plain BERT inside (DPR's vectors are its CLS states: ``pooling='cls'``).
         """
-        from transformers import AutoModel
         path = resolve_model(name)
         meta_file = Path(path) / META
         st_pool, st_norm = (None, False)
@@ -125,11 +151,13 @@ class BiEncoder(pyterrier_dr.BiEncoder):
                 query_model = str(Path(path) / meta['query_model'])
         elif Path(path).is_dir():
             st_pool, st_norm = _sentence_transformers_pooling(Path(path))
-        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        if query_model is None:
+            query_model = _dpr_query_model(name, path)
+        model = load_pretrained_encoder(path, name, dtype=torch.float32)
         if pooling is None:
             pooling = st_pool or ('last' if is_decoder_config(model.config) else 'cls')
         normalize = st_norm if normalize is None else normalize
-        qmodel = AutoModel.from_pretrained(resolve_model(query_model), dtype=torch.float32) if query_model else None
+        qmodel = load_pretrained_encoder(resolve_model(query_model), query_model, dtype=torch.float32) if query_model else None
         return cls(model, load_tokenizer(name), pooling=pooling, query_model=qmodel, normalize=normalize, name=str(name), **kwargs)
 
     def save(self, folder) -> Path:

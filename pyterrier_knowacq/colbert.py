@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 import string
 import warnings
 from pathlib import Path
@@ -114,7 +115,10 @@ class ColBERTModel(_torch().nn.Module):
     # ---------------------------------------------------------------- construction and IO
     @classmethod
     def new(cls, backbone: str, *, dim: int = 128, seed: int = 0, **config) -> 'ColBERTModel':
-        """A fresh ColBERT from any BERT-style backbone name (e.g. ``minilm-l6``) with a seeded random projection."""
+        """A fresh ColBERT from any BERT-style backbone name (e.g. ``minilm-l6``) with a seeded random projection.
+
+        The projection is the only new weight: the backbone loads with every weight from its checkpoint
+        (:func:`~pyterrier_knowacq.backbones.load_encoder`)."""
         from .backbones import load_encoder
         torch = _torch()
         encoder, tokenizer = load_encoder(backbone)
@@ -127,7 +131,12 @@ class ColBERTModel(_torch().nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: Union[str, Path], **overrides) -> 'ColBERTModel':
-        """Load a ColBERTv2 checkpoint folder or hub id; ``overrides`` replace ``artifact.metadata`` values (e.g. doc_maxlen)."""
+        """Load a ColBERTv2 checkpoint folder or hub id; ``overrides`` replace ``artifact.metadata`` values (e.g. doc_maxlen).
+
+        Every encoder weight (``bert.*``) and the projection (``linear.weight``) come from the checkpoint; any other
+        missing weight raises :class:`KnowacqError`. An absent pooler (ColBERT never reads it) is removed, not left
+        random.
+        """
         torch = _torch()
         folder = _checkpoint_folder(name)
         if not (folder / 'config.json').exists() or not any((folder / f).exists() for f in _WEIGHT_FILES):
@@ -149,15 +158,25 @@ class ColBERTModel(_torch().nn.Module):
         if unknown:
             raise KnowacqError(f'unknown ColBERT settings {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}')
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from .backbones import ALLOWED_MISSING, _missing_error
         hf_config = AutoConfig.from_pretrained(str(folder))
         encoder = AutoModel.from_config(hf_config, dtype=torch.float32)
         prefix = encoder.base_model_prefix + '.'
-        enc_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, _ = encoder.load_state_dict(enc_state, strict=False)
-        missing = [k for k in missing if not k.startswith('pooler.') and not k.endswith('position_ids')]
+        enc_state = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        try:
+            missing, _ = encoder.load_state_dict(enc_state, strict=False)
+        except RuntimeError as e:   # shapes that do not fit config.json
+            raise KnowacqError(f'{folder}: the encoder weights do not fit its config.json ({str(e).splitlines()[-1].strip()}); '
+                               'the checkpoint folder mixes two models') from None
+        position_ids, pooler = (re.compile(p) for p in ALLOWED_MISSING)
+        missing = [k for k in missing if not position_ids.search(k)]
+        if any(pooler.match(k) for k in missing) and getattr(encoder, 'pooler', None) is not None:
+            encoder.pooler = None   # ColBERT reads token states only: an absent pooler is removed, not left random
+            missing = [k for k in missing if not pooler.match(k)]
         if missing:
-            raise KnowacqError(f'{folder} lacks encoder weights {missing[:3]}...; the checkpoint is incomplete or not '
-                               f'a {hf_config.model_type} ColBERT')
+            raise _missing_error(name, f'ColBERT encoder {type(encoder).__name__}', [prefix + k for k in missing], folder,
+                                 'the ColBERT checkpoint is incomplete or of another encoder: re-download it, or '
+                                 're-save it with ColBERTModel.save()')
         weight = state['linear.weight'].float()
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         with torch.no_grad():

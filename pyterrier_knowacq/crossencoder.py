@@ -21,7 +21,7 @@ from torch import nn
 
 from ._batching import default_device, distinct, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
-from .backbones import is_decoder_config, load_tokenizer, resolve_model
+from .backbones import is_decoder_config, load_encoder, load_pretrained, load_pretrained_encoder, load_tokenizer, resolve_model
 from .packed import classifier_logits, last_hidden_state
 from .pooling import get_pooling
 
@@ -103,10 +103,13 @@ class CrossEncoder(pt.Transformer):
     # -- construction
     @classmethod
     def new(cls, backbone: str, pooling: str = 'cls', seed: int = 0, **kwargs) -> 'CrossEncoder':
-        """A backbone with a fresh, seeded 1-logit head (the starting point of fine-tuning)."""
-        from transformers import AutoModel
-        path = resolve_model(backbone)
-        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+        """A backbone with a fresh, seeded 1-logit head (the starting point of fine-tuning).
+
+        The head is the only new weight: the backbone loads with every weight from its checkpoint (see
+        :func:`~pyterrier_knowacq.backbones.load_encoder`; e.g. ``google/electra-base-discriminator`` as an
+        ``ElectraModel``, ``roberta-base`` as a ``RobertaModel`` without its absent pooler).
+        """
+        encoder, tokenizer = load_encoder(backbone)
         if pooling == 'cls' and is_decoder_config(encoder.config):
             raise KnowacqError(f'pooling "cls" cannot summarise a causal decoder ({backbone}): its first token sees '
                                'nothing after it; use pooling "last" or "mean"')
@@ -120,12 +123,16 @@ class CrossEncoder(pt.Transformer):
             head.weight.normal_(0.0, 0.02, generator=generator)
             head.bias.zero_()
         pool.init_head(head)
-        return cls(CrossEncoderModel(encoder, pooling, head), load_tokenizer(backbone), name=f'new:{backbone}:{pooling}', **kwargs)
+        return cls(CrossEncoderModel(encoder, pooling, head), tokenizer, name=f'new:{backbone}:{pooling}', **kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> 'CrossEncoder':
-        """Load a checkpoint folder written by :meth:`save`, or any ``*ForSequenceClassification`` checkpoint/hub id."""
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+        """Load a checkpoint folder written by :meth:`save`, or any ``*ForSequenceClassification`` checkpoint/hub id.
+
+        Every weight comes from the checkpoint: a classifier checkpoint lacking any weight (its head or BERT pooler
+        included) raises :class:`KnowacqError`, as does a saved folder lacking encoder or head weights.
+        """
+        from transformers import AutoConfig, AutoModelForSequenceClassification
         from safetensors.torch import load_file
         path = resolve_model(name)
         meta_file = Path(path) / META
@@ -134,9 +141,17 @@ class CrossEncoder(pt.Transformer):
             if meta.get('kind') != 'cross-encoder':
                 raise KnowacqError(f'{path} holds a {meta.get("kind")!r} model, not a cross-encoder; '
                                    'load it with the matching transformer')
-            encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+            encoder = load_pretrained_encoder(path, name, dtype=torch.float32)
+            head_file = Path(path) / 'head.safetensors'
+            if not head_file.exists():
+                raise KnowacqError(f'{path} holds no head.safetensors, so its scoring head would be random; restore it, '
+                                   'or re-save the model with CrossEncoder.save()')
             head = nn.Linear(encoder.config.hidden_size, 1)
-            head.load_state_dict(load_file(str(Path(path) / 'head.safetensors')))
+            state = load_file(str(head_file))
+            if set(state) != {'weight', 'bias'} or tuple(state['weight'].shape) != tuple(head.weight.shape):
+                raise KnowacqError(f'{head_file} holds {sorted(state)} with shapes {[tuple(v.shape) for v in state.values()]}, '
+                                   f'not a 1-logit head over {encoder.config.hidden_size} dims; the folder mixes two models')
+            head.load_state_dict(state)
             model = CrossEncoderModel(encoder, meta['pooling'], head)
         else:
             config = AutoConfig.from_pretrained(path)
@@ -146,7 +161,8 @@ class CrossEncoder(pt.Transformer):
                                    f'start from CrossEncoder.new({name!r}) for a fresh head')
             if config.num_labels not in (1, 2):
                 raise KnowacqError(f'{name} has {config.num_labels} labels; a relevance cross-encoder needs 1 or 2')
-            clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            # no pooler allowance: a BERT classifier's head reads the pooler, so a missing one is an error too
+            clf = load_pretrained(AutoModelForSequenceClassification, path, name, dtype=torch.float32, drop_pooler=False)
             model = CrossEncoderModel(clf, classifier=True)
         tokenizer = load_tokenizer(name)
         return cls(model, tokenizer, name=str(name), **kwargs)

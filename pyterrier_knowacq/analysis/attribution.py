@@ -101,7 +101,9 @@ class IntegratedGradients:
     """Integrated gradients over FFN dense layers (see the module docstring).
 
     Args:
-        model: a model name (alias, folder, hub id, ``random:``) or an ``(nn.Module, tokenizer)`` pair.
+        model: a model name (alias, folder, hub id, ``random:``, adapter folder), loaded by
+            :func:`~pyterrier_knowacq.backbones.load_encoder` (a DPR encoder as the BERT inside it), or an
+            ``(nn.Module, tokenizer)`` pair.
         pooling: pooling of the target embedding (``cls``, ``mean``, ``last``).
         steps: number of alpha values (``1/steps .. 1``).
         threshold: activity threshold on normalised scores (default 0.1; 0.01 for decoders).
@@ -118,9 +120,12 @@ class IntegratedGradients:
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
             self.model_name = getattr(self.model, 'name_or_path', type(self.model).__name__)
+            if getattr(self.model.config, 'model_type', None) == 'dpr':   # a DPR wrapper: attribute the BERT inside
+                from ..backbones import _dpr_bert
+                self.model = _dpr_bert(self.model, self.model_name)
         else:
             self.model_name = str(model)
-            self.model, self.tokenizer = load_encoder(self.model_name)
+            self.model, self.tokenizer = load_encoder(self.model_name)   # strict: no weight left at initialisation
         self.model.eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -157,26 +157,13 @@ class _Resolver:
 
 
 def merged_adapter(base: str, adapter: str) -> str:
-    """A LoRA adapter (e.g. castorini/repllama-v1-7b-lora-passage) merged into its base model, cached as a folder."""
-    import hashlib
-    from .._util import atomic_directory, cache_dir
-    from ..backbones import load_encoder
-    target = cache_dir('models') / ('merged-' + hashlib.sha1(f'{base}|{adapter}'.encode()).hexdigest()[:12])
-    if (target / 'config.json').exists():
-        return str(target)
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise KnowacqError(f'merging the adapter {adapter!r} needs peft: pip install peft') from None
-    model, tok = load_encoder(base)
-    try:
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    except OSError as e:
-        raise KnowacqError(f'could not load the LoRA adapter {adapter!r} ({e}); is the hub reachable?') from e
-    with atomic_directory(target, overwrite=True) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    return str(target)
+    """A LoRA adapter (e.g. castorini/repllama-v1-7b-lora-passage) merged into its base model, cached as a folder.
+
+    The one loading path for adapters, :func:`pyterrier_knowacq.backbones.merge_adapter`: the base loads strictly,
+    and every adapter weight must load into it (else :class:`KnowacqError`), then the merged model is cached.
+    """
+    from ..backbones import merge_adapter
+    return merge_adapter(base, adapter)
 
 
 def _layers(spec, num_layers: int) -> List[int]:

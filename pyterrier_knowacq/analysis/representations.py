@@ -62,8 +62,12 @@ def position_ids_from_mask(mask):
 
 
 def accepts_position_ids(model) -> bool:
-    """Whether ``model.forward`` takes ``position_ids`` (BERT, Llama do; DPR's wrappers do not)."""
+    """Whether ``model`` should be given ``position_ids`` counted from the mask: its ``forward`` takes them (BERT,
+    ELECTRA, Llama) and its positions start at 0. RoBERTa-style embeddings (a ``padding_idx``) number positions from
+    ``padding_idx + 1`` and skip padding themselves, so they are left to do it (0-based ids would shift every one)."""
     import inspect
+    if getattr(getattr(model, 'embeddings', None), 'padding_idx', None) is not None:
+        return False
     try:
         return 'position_ids' in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -117,12 +121,10 @@ class LayerEncoder:
 
     def _load(self):
         if self._model is None:
-            from ..backbones import load_encoder, load_tokenizer
+            # every weight from the checkpoint (a DPR encoder: the BERT inside it), see backbones.load_encoder
+            from ..backbones import load_encoder, load_pretrained_encoder, load_tokenizer, resolve_model
             if self.tokenizer_name:
-                import torch
-                from transformers import AutoModel
-                from ..backbones import resolve_model
-                self._model = AutoModel.from_pretrained(resolve_model(self.model_name), dtype=torch.float32).eval()
+                self._model = load_pretrained_encoder(resolve_model(self.model_name), self.model_name).eval()
                 self._tokenizer = load_tokenizer(self.tokenizer_name)
             else:
                 self._model, self._tokenizer = load_encoder(self.model_name)
