@@ -61,15 +61,35 @@ class Dataset:
     # -- shared behaviour
     @cached_property
     def _texts(self) -> Dict[str, str]:
+        """The whole corpus as a dict: only for the small corpora that ship or sit in a folder (``IrdsDataset`` refuses
+        it). Callers should look texts up with :meth:`get_texts` (a list at a time) instead."""
         return {d['docno']: d['text'] for d in self.get_corpus_iter()}
 
-    def get_texts(self, docnos) -> List[str]:
+    def find_texts(self, docnos) -> List[Optional[str]]:
+        """The text of each docno, ``None`` where the corpus has none (one batched look-up)."""
         texts = self._texts
-        missing = [d for d in docnos if d not in texts]
+        return [texts.get(d) for d in docnos]
+
+    def get_texts(self, docnos) -> List[str]:
+        """The text of each docno of a list, in order: the batched look-up every training and scoring path uses
+        (call it with many docnos at once; an ``irds:`` docstore is read with one ``get_many`` per call)."""
+        docnos = list(docnos)
+        texts = self.find_texts(docnos)
+        missing = [d for d, t in zip(docnos, texts) if t is None]
         if missing:
             raise KnowacqError(f'{len(missing)} docno(s) have no text in dataset {self.name!r} (first: {missing[0]!r}); '
                                'the run and the corpus do not match — use a run over this corpus')
-        return [texts[d] for d in docnos]
+        return texts
+
+    def known_docnos(self):
+        """The set of docnos that have text, for filtering candidates; ``None`` where the corpus is too large to list
+        (``irds:``): every docno is then assumed known and a missing one fails at :meth:`get_texts`."""
+        return self._texts.keys()
+
+    @property
+    def corpus_name(self) -> str:
+        """A readable label of the corpus for cache folder names (the content key is :meth:`corpus_fingerprint`)."""
+        return self.name
 
     def text_loader(self, field: str = 'text') -> 'TextLoader':
         return TextLoader(self, field)
@@ -374,7 +394,14 @@ class BeirDataset(Dataset):
 
 
 class IrdsDataset(Dataset):
-    """Any ir_datasets id (``irds:msmarco-passage/trec-dl-2019/judged``); needs the network to download."""
+    """Any ir_datasets id (``irds:msmarco-passage/trec-dl-2019/judged``); needs the network to download.
+
+    Corpora here run to millions of documents, so nothing loads one into memory: texts are looked up in the docstore
+    (opened once per dataset object) with one batched ``get_many`` per :meth:`get_texts` call, at most
+    :attr:`GET_MANY_BATCH` docnos at a time; :attr:`_texts` (a dict of the whole corpus) raises instead.
+    """
+    #: the most docnos asked of the docstore in one ``get_many`` (bounds the memory of one look-up)
+    GET_MANY_BATCH = 100_000
 
     def __init__(self, irds_id: str):
         import ir_datasets
@@ -386,16 +413,25 @@ class IrdsDataset(Dataset):
         self.irds_id = irds_id
         self.splits = ()
 
+    @cached_property
+    def docs_parent(self) -> str:
+        """The id of the ir_datasets dataset that provides the documents (``msmarco-passage`` for
+        ``msmarco-passage/train``); the dataset's own id where ir_datasets cannot tell."""
+        import ir_datasets
+        try:
+            return ir_datasets.docs_parent_id(self.irds_id) or self.irds_id
+        except Exception:  # noqa: BLE001 - older ir_datasets: the dataset's own id is still a correct (finer) key
+            return self.irds_id
+
+    @property
+    def corpus_name(self) -> str:
+        return f'irds:{self.docs_parent}'
+
     def corpus_fingerprint(self) -> str:
         """An ir_datasets id names fixed, checksummed data, so the id of the dataset that provides the documents keys
         the corpus (``msmarco-passage/trec-dl-2019`` and ``msmarco-passage/train`` share one index); never iterates it."""
         import hashlib
-        import ir_datasets
-        try:
-            parent = ir_datasets.docs_parent_id(self.irds_id)
-        except Exception:  # noqa: BLE001 - older ir_datasets: the dataset's own id is still a correct (finer) key
-            parent = self.irds_id
-        return hashlib.sha1(f'irds-docs:{parent}'.encode()).hexdigest()[:16]
+        return hashlib.sha1(f'irds-docs:{self.docs_parent}'.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
         import hashlib
@@ -423,10 +459,28 @@ class IrdsDataset(Dataset):
         for d in self._guard(self._ds.docs_iter):
             yield {'docno': d.doc_id, 'text': getattr(d, 'text', '') or ''}
 
-    def get_texts(self, docnos):
-        store = self._guard(self._ds.docs_store)
-        docs = store.get_many(list(docnos))
-        return [docs[d].text for d in docnos]
+    @property
+    def _texts(self):
+        raise KnowacqError(f'{self.name}: refusing to load the whole corpus into memory (dataset._texts); look texts up '
+                           'in batches with dataset.get_texts(docnos), and use dataset.known_docnos() (None: all known)')
+
+    def known_docnos(self):
+        return None
+
+    @cached_property
+    def _store(self):
+        """The docstore, opened once (opening it per look-up costs far more than the look-up)."""
+        return self._guard(self._ds.docs_store)
+
+    def find_texts(self, docnos) -> List[Optional[str]]:
+        docnos = list(docnos)
+        found: Dict[str, str] = {}
+        unique = list(dict.fromkeys(docnos))
+        for i in range(0, len(unique), self.GET_MANY_BATCH):
+            docs = self._guard(lambda chunk=unique[i:i + self.GET_MANY_BATCH]: self._store.get_many(chunk))
+            for d, doc in docs.items():
+                found[d] = getattr(doc, 'text', '') or ''
+        return [found.get(d) for d in docnos]
 
     def provenance(self):
         return f'ir_datasets {self.name[5:]} (documentation: https://ir-datasets.com)'

@@ -45,14 +45,24 @@ def _quiet_native():
             os.close(saved[1])
 
 
+def index_threads() -> int:
+    """Threads for building an index: every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def pisa_index(dataset, verbose: bool = False):
-    """The cached PISA index of a dataset's corpus, built on first use and rebuilt when the corpus changes."""
+    """The cached PISA index of a dataset's corpus, built on first use (with every core) and rebuilt when the corpus
+    changes. One index per corpus content: evaluation (:class:`PisaBM25`), training-time BM25 (:func:`named_run`) and
+    the negatives of extra training data (``training.examples``) all use it."""
     from pyterrier_pisa import PisaIndex
     dataset = get_dataset(dataset)
     # keyed by the corpus content, never by the dataset's name: two collections in folders called `beir` get two
     # indexes, and one corpus reached through two names (e.g. irds ids sharing their documents) gets one
     fingerprint = dataset.corpus_fingerprint()
-    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', dataset.name).strip('_')[-40:] or 'corpus'
+    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', getattr(dataset, 'corpus_name', dataset.name)).strip('_')[-40:] or 'corpus'
     folder = cache_dir('indexes') / f'pisa-{safe}-{fingerprint}'
     stamp = folder / 'knowacq.fingerprint'
     if not (stamp.exists() and stamp.read_text() == fingerprint):
@@ -61,7 +71,7 @@ def pisa_index(dataset, verbose: bool = False):
         shutil.rmtree(tmp, ignore_errors=True)
         docs = ({'docno': d['docno'], 'text': d['text']} for d in dataset.get_corpus_iter())
         with _quiet_native() if not verbose else contextlib.nullcontext():
-            PisaIndex(str(tmp), text_field='text', threads=1).index(docs)
+            PisaIndex(str(tmp), text_field='text', threads=index_threads()).index(docs)
         atomic_write_text(tmp / 'knowacq.fingerprint', fingerprint)
         os.replace(tmp, folder)
     return PisaIndex(str(folder), text_field='text')
@@ -129,7 +139,9 @@ def TerrierBM25(dataset, num_results: int = 1000):
 def named_run(dataset, name: str, split, topics: pd.DataFrame = None, depth: int = 100) -> pd.DataFrame:
     """A first-stage run by name, for training data and validation candidates: a TREC run file path, a run the
     dataset ships (e.g. ``bm25``, ``tas-b``, ``rankgpt-3.5``), or, for ``bm25`` where none ships, PISA BM25 over the
-    dataset's corpus for ``topics`` (default: all topics of ``split``)."""
+    dataset's corpus for ``topics`` (default: all topics of ``split``), from the one cached index of that corpus
+    (:func:`pisa_index`). A query BM25 finds nothing for (e.g. only stopwords, ``the of and``) is absent from the run;
+    the training code skips and counts such queries."""
     from pathlib import Path
     from .datasets import read_run
     path = Path(str(name)).expanduser()

@@ -35,16 +35,37 @@ def test_sample_group_seeded():
 def test_bad_input():
     with pytest.raises(KnowacqError, match='share no query ids'):
         contrastive_groups(TOPICS, QRELS.assign(qid='9'), RUN)
-    with pytest.raises(KnowacqError, match='no candidates for training query 2'):
-        contrastive_groups(TOPICS, QRELS, RUN[RUN.qid == '1'])
+    with pytest.raises(KnowacqError, match=r'1 of 2 queries have no first-stage candidates'):
+        contrastive_groups(TOPICS, QRELS, RUN[RUN.qid == '1'], rel_threshold=5)
     with pytest.raises(KnowacqError, match='no training group'):
         contrastive_groups(TOPICS, QRELS, RUN, rel_threshold=5)
     with pytest.raises(KnowacqError, match='lacks columns'):
         contrastive_groups(TOPICS, QRELS.rename(columns={'label': 'rel'}), RUN)
-    with pytest.raises(KnowacqError, match='teacher run misses 1'):
-        teacher_lists(TOPICS, [RUN[RUN.qid == '1']])
+    with pytest.raises(KnowacqError, match='covers none of the 2 training queries'):
+        teacher_lists(TOPICS, [RUN[RUN.qid == '9']])
     with pytest.raises(KnowacqError, match='cannot hold out'):
         split_validation(['1', '2'], 2, 0)
+
+
+def test_queries_without_candidates_are_skipped_and_counted():
+    stats = {}
+    g = contrastive_groups(TOPICS, QRELS, RUN[RUN.qid == '1'], rel_threshold=2, stats=stats)
+    assert [x.qid for x in g] == ['1']
+    assert stats['no_first_stage_hits'] == 1 and stats['no_first_stage_hits_qids'] == ['2'] and stats['queries'] == 2
+
+
+def test_teacher_lists_cover_part_of_the_training_queries():
+    stats = {}
+    lists = teacher_lists(TOPICS, [RUN[RUN.qid == '1']], stats=stats)
+    assert [tl.qid for tl in lists] == ['1']
+    assert stats['message'] == 'teacher covers 1 of 2 training queries (50.0%)' and stats['coverage'] == 0.5
+    assert len(teacher_lists(TOPICS, [RUN[RUN.qid == '1']], min_coverage=0.5)) == 1
+    with pytest.raises(KnowacqError, match=r'covers 1 of 2 training queries \(50.0%\), below teacher_min_coverage 0.6'):
+        teacher_lists(TOPICS, [RUN[RUN.qid == '1']], min_coverage=0.6)
+    # two teachers: a query counts as covered when either ranks it; each gives its own list
+    stats = {}
+    lists = teacher_lists(TOPICS, [RUN[RUN.qid == '1'], RUN[RUN.qid == '2']], stats=stats, qids=['1', '2'])
+    assert [tl.qid for tl in lists] == ['1', '2'] and stats['coverage'] == 1.0
 
 
 def test_teacher_lists_and_labels():
@@ -75,3 +96,16 @@ def test_extra_msmarco_train_groups():
     assert g.positives and len(g.negatives) == 25 and all(d in g.texts for d in g.positives + g.negatives)
     with pytest.raises(KnowacqError, match='unknown extra'):
         extra_groups('msmarco-everything', get_dataset('msmarco-passage'))
+
+
+def test_extra_dev_positive_groups_carry_only_texts_outside_the_corpus(tmp_path, monkeypatch):
+    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.training.examples import extra_groups
+    monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path))
+    ds = get_dataset('msmarco-passage')
+    groups = extra_groups('msmarco-dev-positives', ds, depth=5)
+    assert len(groups) > 600 and all(len(g.negatives) <= 5 for g in groups)
+    known = ds.known_docnos()
+    for g in groups[:50]:
+        assert all(d in known or d in g.texts for d in g.positives + g.negatives)
+        assert not any(d in known for d in g.texts)

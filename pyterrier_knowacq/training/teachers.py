@@ -34,9 +34,13 @@ def write_trec(run: pd.DataFrame, path: Path, tag: str = 'knowacq') -> Path:
     return Path(path)
 
 
-def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, depth: int = 100, name: str = None) -> pd.DataFrame:
+def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, depth: int = 100, name: str = None,
+              queries_per_chunk: int = 1000) -> pd.DataFrame:
     """Re-score the top ``depth`` of ``run`` (a dataset run name or frame) on ``split`` with ``ranker`` (a
-    ``pt.Transformer`` taking ``qid, query, docno, text``); cached under ``cache_dir('runs', 'teachers')``."""
+    ``pt.Transformer`` taking ``qid, query, docno, text``); cached under ``cache_dir('runs', 'teachers')``.
+
+    Queries are scored ``queries_per_chunk`` at a time, each chunk's texts fetched with one batched
+    ``dataset.get_texts`` call, so memory holds one chunk's texts, never the whole run's (or the corpus)."""
     from ..datasets import read_run
     name = name or repr(ranker)
     frame = dataset.get_run(run, split) if isinstance(run, str) else run.copy()
@@ -52,9 +56,16 @@ def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, dep
     frame = frame[['qid', 'docno']].merge(topics.assign(qid=topics['qid'].astype(str)), on='qid', how='inner')
     if frame.empty:
         raise KnowacqError(f'the run to score shares no query with the topics of {dataset.name}:{split}')
-    frame['text'] = dataset.get_texts(frame['docno'].tolist())
-    scored = ranker(frame)
-    write_trec(scored[['qid', 'docno', 'score']], path, tag=str(name)[:40].replace(' ', '_'))
+    frame = frame.sort_values('qid', kind='stable').reset_index(drop=True)
+    starts = frame.index[frame['qid'].ne(frame['qid'].shift())].tolist() + [len(frame)]   # first row of each query
+    step = max(1, int(queries_per_chunk))
+    parts = []
+    for i in range(0, len(starts) - 1, step):
+        chunk = frame.iloc[starts[i]:starts[min(i + step, len(starts) - 1)]].copy()
+        chunk['text'] = dataset.get_texts(chunk['docno'].tolist())
+        parts.append(ranker(chunk)[['qid', 'docno', 'score']])
+    scored = pd.concat(parts, ignore_index=True)
+    write_trec(scored, path, tag=str(name)[:40].replace(' ', '_'))
     return read_run(path)
 
 

@@ -1,0 +1,444 @@
+"""Convert the released RankGPT distillation data into a TREC teacher run over a dataset's own qids and docnos.
+
+Sun et al. 2023 ("Is ChatGPT Good at Search? Investigating Large Language Models as Re-Ranking Agents", repository
+``sunnweiwei/RankGPT``) release MS MARCO training queries with their BM25 candidates and ChatGPT's orderings of them.
+The format assumed here (that of the release and of the repository's ``specialization.py``):
+
+* ``marco-train-10k.jsonl`` / ``marco-train-100k.jsonl`` — one JSON object a line::
+
+      {"query_id": "1000094", "query": "...",
+       "positive_passages": [{"docid": "...", "title": "...", "text": "..."}],
+       "retrieved_passages": [{"docid": "...", "title": "...", "text": "...", "rank": 1}, ...]}
+
+  (20 BM25 candidates, in BM25 order; ``query_id``, ``docid``, ``title`` and ``rank`` may be absent);
+* ``marco-train-10k-gpt3.5.json`` / ``marco-train-100k-gpt3.5.json`` — one JSON list holding ChatGPT's answer for
+  each line of the ``.jsonl``, in the same order, as text: ``"[5] > [18] > [14] > ... > [17]"`` (1-based positions
+  in ``retrieved_passages``).
+
+An answer is read as RankGPT's own ``receive_response`` reads it: every number in it minus one, repeats dropped,
+positions outside the list dropped, and the passages it did not name appended in their BM25 order (an answer naming
+no passage keeps the BM25 order; both are counted).
+
+Variants also accepted:
+
+* records as JSON lines or as one JSON list, optionally ``.gz``, or a ``.zip`` holding one such file;
+* the query under ``query`` (or ``question``, ``query_text``); the candidates under ``retrieved_passages`` (or
+  ``passages``, ``hits``, ``candidates``, ``ctxs``), each an object with ``text`` (or ``content``, ``contents``,
+  ``passage``; a ``content`` of the form ``Title: ... Content: ...``, as RankGPT's ``rank_gpt.py`` builds it, is read
+  as its content part) or a plain string;
+* the ordering inside each record (``permutation``, ``response``, ``ranking`` or ``gpt_ranking``) instead of a
+  separate file: an answer string, or a list of positions (1-based; 0-based when the list holds a 0);
+* a permutation file as JSON lines, or with objects holding one of those keys;
+* records whose passages are already in ChatGPT's order (the output of ``receive_response``): ``ranked=True``.
+
+Mapping to the dataset (the released ids are not trusted blindly: a text that matches decides):
+
+* a query maps to the qid of the topic with the same text after normalisation (Unicode NFC, runs of whitespace as one
+  space, trimmed), over the topics of ``split`` (default: every split, or all topics);
+* a passage maps to the docno of the corpus document with the same normalised ``text`` (its title is not used),
+  found by a 64-bit hash of the text in one streaming pass over the corpus: memory grows with the teacher file, never
+  with the corpus;
+* where no exact match exists, a loose key (lower-cased ASCII letters and digits only; absorbs the mojibake of the
+  raw MS MARCO text) is tried, and counted;
+* a text shared by several queries or documents (MS MARCO holds duplicate passages) maps to the id the record gives
+  (``query_id`` / ``docid``) when it is one of them, else to the first; counted as ambiguous.
+
+Unmapped queries are dropped, unmapped passages are dropped from their list (the rest keep the teacher's order), a
+query seen twice keeps its first list; all are counted in the returned report. The output is a TREC run
+(``qid Q0 docno rank score tag``, ranks 1.., scores descending, gzipped when the name ends in ``.gz``) that the
+training code takes as a teacher run (``data: {teacher: path/to/run}`` in a ranknet stage).
+
+Example::
+
+    from pyterrier_knowacq.training.rankgpt_convert import convert_rankgpt
+    report = convert_rankgpt('marco-train-100k.jsonl', 'irds:msmarco-passage/train', 'rankgpt-100k.trec.gz',
+                             permutation='marco-train-100k-gpt3.5.json')
+    print(report['message'])
+
+Command line::
+
+    python -m pyterrier_knowacq.training.rankgpt_convert marco-train-100k.jsonl rankgpt-100k.trec.gz \\
+        --dataset irds:msmarco-passage/train --permutation marco-train-100k-gpt3.5.json
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import re
+import sys
+import unicodedata
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .._util import KnowacqError, atomic_write_bytes
+
+__all__ = ['convert_rankgpt', 'parse_permutation', 'normalise_text']
+
+QUERY_KEYS = ('query', 'question', 'query_text')
+QUERY_ID_KEYS = ('query_id', 'qid')
+PASSAGES_KEYS = ('retrieved_passages', 'passages', 'hits', 'candidates', 'ctxs')
+TEXT_KEYS = ('text', 'content', 'contents', 'passage')
+DOCID_KEYS = ('docid', 'doc_id', 'docno', 'pid', 'id', '_id')
+PERMUTATION_KEYS = ('permutation', 'response', 'ranking', 'gpt_ranking')
+_LOOSE_TABLE = bytes(c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))   # a-z, 0-9; others: space
+_TITLE_CONTENT = re.compile(r'^Title: .*? Content: ', re.S)
+_MAX_CANDIDATES = 8     # ids kept per duplicated text
+
+
+# -- text keys -------------------------------------------------------------------------------------------------------
+
+def normalise_text(text: str) -> str:
+    """Unicode NFC, runs of whitespace as one space, trimmed: two texts match when these are equal."""
+    if not text.isascii():
+        text = unicodedata.normalize('NFC', text)
+    return ' '.join(text.split())
+
+
+def _hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), 'little')
+
+
+def _keys(text: str) -> Tuple[int, Optional[int]]:
+    """(exact key, loose key or None) of a text: 64-bit hashes of its normalised text and of its lower-cased ASCII
+    letters and digits (other characters dropped, words separated by one space)."""
+    exact = _hash(normalise_text(text).encode('utf-8', 'surrogatepass'))
+    loose = b' '.join(text.lower().encode('ascii', 'ignore').translate(_LOOSE_TABLE).split())
+    return exact, (_hash(b'\0loose\0' + loose) if loose else None)
+
+
+# -- permutations ----------------------------------------------------------------------------------------------------
+
+def parse_permutation(answer, n: int) -> Tuple[List[int], bool]:
+    """``(order, repaired)``: 0-based positions of ``n`` passages, best first, from ChatGPT's answer (``"[2] > [1]"``)
+    or a list of positions, read as RankGPT's ``receive_response`` reads it; ``repaired`` is True when the answer did
+    not name every position exactly once."""
+    if isinstance(answer, str):
+        positions = [int(x) - 1 for x in re.findall(r'\d+', answer)]
+    elif isinstance(answer, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in answer):
+        base = 0 if 0 in answer else 1
+        positions = [x - base for x in answer]
+    else:
+        raise TypeError('not an answer string or a list of integer positions')
+    order, seen = [], set()
+    for p in positions:
+        if 0 <= p < n and p not in seen:
+            order.append(p)
+            seen.add(p)
+    repaired = len(order) != n or len(positions) != n
+    order += [p for p in range(n) if p not in seen]
+    return order, repaired
+
+
+# -- reading the release ---------------------------------------------------------------------------------------------
+
+def _open(path: Path) -> io.TextIOBase:
+    if not path.exists():
+        raise KnowacqError(f'{path} does not exist; give the path of the RankGPT file (e.g. marco-train-100k.jsonl)')
+    if path.suffix == '.zip':
+        zf = zipfile.ZipFile(path)
+        members = [m for m in zf.namelist() if not m.endswith('/') and not m.split('/')[-1].startswith('.')]
+        if len(members) != 1:
+            raise KnowacqError(f'{path}: a .zip must hold exactly one file, it holds {len(members)}; unzip it and give '
+                               'the .jsonl (or .json) file')
+        raw = zf.open(members[0])
+    elif path.suffix == '.gz':
+        raw = gzip.open(path, 'rb')
+    else:
+        raw = open(path, 'rb')
+    return io.TextIOWrapper(raw, encoding='utf-8-sig', errors='strict')
+
+
+def _iter_json(path, what: str, example: str) -> Iterator[Tuple[str, Any]]:
+    """``(where, value)`` of each record of a JSON list or a JSON-lines file; ``where`` is ``file:line`` (JSON lines)
+    or ``file: record N`` (a JSON list)."""
+    path = Path(path)
+    fix = f'write {what} as JSON lines or one JSON list, e.g. {example}'
+    try:
+        with _open(path) as f:
+            first = ''
+            while True:
+                ch = f.read(1)
+                if not ch or not ch.isspace():
+                    first = ch
+                    break
+            if first == '[':    # one JSON list (memory of the file, as any JSON list needs)
+                try:
+                    data = json.loads(first + f.read())
+                except json.JSONDecodeError as e:
+                    raise KnowacqError(f'{path}:{e.lineno}: is not valid JSON (column {e.colno}: {e.msg}); {fix}') from None
+                for i, obj in enumerate(data, 1):
+                    yield f'{path}: record {i}', obj
+                return
+            for n, line in enumerate(itertools.chain([first + f.readline()], f), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise KnowacqError(f'{path}:{n}: is not valid JSON (column {e.colno}: {e.msg}); {fix}') from None
+                yield f'{path}:{n}', obj
+    except UnicodeDecodeError as e:
+        raise KnowacqError(f'{path}: is not valid UTF-8 ({e.reason}); re-encode it as UTF-8') from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise KnowacqError(f'{path}: cannot be read ({type(e).__name__}: {e}); re-download the file') from None
+
+
+def _pick(obj: dict, keys: Sequence[str]):
+    for k in keys:
+        if k in obj and obj[k] is not None:
+            return obj[k]
+    return None
+
+
+_RECORD_FIX = ('give each record {"query": "...", "retrieved_passages": [{"docid": "...", "text": "..."}, ...]} '
+               '(RankGPT marco-train-*.jsonl)')
+
+
+def _passage(where: str, j: int, p) -> Tuple[str, Optional[str]]:
+    """(text, docid or None) of one candidate."""
+    if isinstance(p, str):
+        return p, None
+    if not isinstance(p, dict):
+        raise KnowacqError(f'{where}: passage {j + 1} is a JSON {type(p).__name__}, not an object or a string; '
+                           + _RECORD_FIX)
+    text = _pick(p, TEXT_KEYS)
+    if not isinstance(text, str):
+        raise KnowacqError(f'{where}: passage {j + 1} has no text (keys: {sorted(p)[:6]}); give each passage a "text"')
+    if 'text' not in p and isinstance(p.get('content'), str):
+        text = _TITLE_CONTENT.sub('', text, count=1)
+    docid = _pick(p, DOCID_KEYS)
+    return text, (str(docid) if docid is not None and not isinstance(docid, (dict, list)) else None)
+
+
+def _load_permutations(path) -> List[Any]:
+    out = []
+    example = '["[2] > [1] > [3]", ...]'
+    for where, obj in _iter_json(path, 'the permutations', example):
+        if isinstance(obj, dict):
+            obj = _pick(obj, PERMUTATION_KEYS)
+        if not isinstance(obj, (str, list)):
+            raise KnowacqError(f'{where}: a permutation must be ChatGPT\'s answer ("[2] > [1] > ...") or a list of '
+                               f'positions, not {type(obj).__name__}; give the gpt3.5 permutation file of RankGPT, e.g. '
+                               f'{example}')
+        out.append(obj)
+    return out
+
+
+# -- the conversion --------------------------------------------------------------------------------------------------
+
+def _topics(dataset, split) -> Tuple[Sequence[str], Sequence[str]]:
+    import pandas as pd
+    if split is not None:
+        splits = [split] if isinstance(split, str) else list(split)
+    else:
+        splits = list(getattr(dataset, 'splits', ()) or ()) or [None]
+    frames = [dataset.get_topics(s) for s in splits]
+    topics = pd.concat(frames, ignore_index=True).drop_duplicates('qid')
+    return topics['qid'].astype(str).tolist(), topics['query'].astype(str).tolist()
+
+
+def _resolve(candidates, given: Optional[str]) -> Tuple[Optional[str], bool]:
+    """(id, ambiguous) from the ids sharing a text; the record's own id wins when it is one of them."""
+    if not candidates:
+        return None, False
+    if len(candidates) == 1:
+        return candidates[0], False
+    return (given if given in candidates else candidates[0]), True
+
+
+def convert_rankgpt(path, dataset, out_run, *, permutation=None, ranked: bool = False, split=None,
+                    tag: str = 'rankgpt-3.5', batch_size: int = 100_000, verbose: bool = False) -> Dict[str, Any]:
+    """Convert RankGPT's released orderings (``path``: ``marco-train-*.jsonl``; ``permutation``: the matching
+    ``marco-train-*-gpt3.5.json``) into a TREC run over ``dataset``'s qids and docnos, written to ``out_run``.
+
+    Args:
+        dataset: a dataset name or object (``irds:msmarco-passage/train`` for the release).
+        permutation: the permutation file; without it each record must hold its ordering (``permutation`` /
+            ``response``), or ``ranked=True`` must say its passages are already in ChatGPT's order.
+        split: the topics to map query texts to (default every split of the dataset, or all its topics).
+        batch_size: corpus documents hashed per batch (progress is printed per batch with ``verbose``).
+
+    Returns a report: ``records``, ``queries_mapped``, ``queries_unmapped``, ``queries_loose``,
+    ``queries_ambiguous``, ``duplicate_queries``, ``passages``, ``passages_mapped``, ``passages_unmapped``,
+    ``passages_loose``, ``passages_ambiguous``, ``permutations_repaired``, ``permutations_empty``,
+    ``queries_written``, ``lines_written``, ``out`` and a one-line ``message``.
+    """
+    from ..datasets import get_dataset
+    dataset = get_dataset(dataset)
+    path = Path(path)
+    perms = _load_permutations(permutation) if permutation is not None else None
+
+    # 1. the teacher file: per record, the query's keys and the passages' keys in teacher order (ids, not texts)
+    records = []   # (where, query keys, query id, [(exact, loose, docid), ...])
+    wanted_exact: Dict[int, Any] = {}
+    wanted_loose: Dict[int, Any] = {}
+    stats = dict.fromkeys(('records', 'passages', 'permutations_repaired', 'permutations_empty'), 0)
+    for i, (where, rec) in enumerate(_iter_json(path, 'the RankGPT records', '{"query": "...", "retrieved_passages": [...]}')):
+        if not isinstance(rec, dict):
+            raise KnowacqError(f'{where}: is a JSON {type(rec).__name__}, not an object; {_RECORD_FIX}')
+        query = _pick(rec, QUERY_KEYS)
+        if not isinstance(query, str):
+            raise KnowacqError(f'{where}: has no "query" text (keys: {sorted(rec)[:6]}); {_RECORD_FIX}')
+        passages = _pick(rec, PASSAGES_KEYS)
+        if not isinstance(passages, list):
+            raise KnowacqError(f'{where}: has no "retrieved_passages" list (keys: {sorted(rec)[:6]}); {_RECORD_FIX}')
+        cands = [_passage(where, j, p) for j, p in enumerate(passages)]
+        if perms is not None:
+            if i >= len(perms):
+                raise KnowacqError(f'{permutation}: has {len(perms)} permutations but {where} is record {i + 1}; give '
+                                   'the permutation file made for this records file (marco-train-100k-gpt3.5.json '
+                                   'goes with marco-train-100k.jsonl)')
+            answer = perms[i]
+        elif ranked:
+            answer = list(range(len(cands)))
+        else:
+            answer = _pick(rec, PERMUTATION_KEYS)
+            if answer is None:
+                raise KnowacqError(f'{where}: has no ChatGPT ordering; pass the permutation file '
+                                   '(--permutation marco-train-100k-gpt3.5.json), or --ranked if the passages are '
+                                   'already in ChatGPT\'s order')
+        try:
+            order, repaired = parse_permutation(answer, len(cands))
+        except TypeError:
+            raise KnowacqError(f'{where}: its ordering {str(answer)[:40]!r} is not ChatGPT\'s answer ("[2] > [1] > ...") '
+                               'or a list of positions; give the gpt3.5 permutation file of RankGPT') from None
+        stats['permutations_repaired'] += repaired
+        stats['permutations_empty'] += bool(cands) and not (re.search(r'\d', answer) if isinstance(answer, str) else answer)
+        ordered = []
+        for k in order:
+            text, docid = cands[k]
+            exact, loose = _keys(text)
+            wanted_exact[exact] = None
+            if loose is not None:
+                wanted_loose[loose] = None
+            ordered.append((exact, loose, docid))
+        qid_given = _pick(rec, QUERY_ID_KEYS)
+        records.append((where, _keys(query), None if qid_given is None else str(qid_given), ordered))
+        stats['records'] += 1
+        stats['passages'] += len(ordered)
+    if perms is not None and len(perms) != stats['records']:
+        raise KnowacqError(f'{permutation}: has {len(perms)} permutations but {path} has {stats["records"]} records; give '
+                           'the permutation file made for this records file (marco-train-100k-gpt3.5.json goes with '
+                           'marco-train-100k.jsonl)')
+    if not records:
+        raise KnowacqError(f'{path}: holds no records; {_RECORD_FIX}')
+
+    # 2. queries: normalised topic text -> qids
+    q_exact: Dict[int, List[str]] = {}
+    q_loose: Dict[int, List[str]] = {}
+    want_q = {r[1][0] for r in records}
+    want_ql = {r[1][1] for r in records} - {None}
+    for qid, text in zip(*_topics(dataset, split)):
+        exact, loose = _keys(text)
+        if exact in want_q:
+            q_exact.setdefault(exact, []).append(qid)
+        if loose in want_ql:
+            q_loose.setdefault(loose, []).append(qid)
+
+    # 3. passages: one streaming pass over the corpus, in batches, keeping only the texts the teacher file holds
+    docs = dataset.get_corpus_iter()
+    seen = 0
+    while True:
+        batch = list(itertools.islice(docs, batch_size))
+        if not batch:
+            break
+        for d in batch:
+            exact, loose = _keys(d['text'])
+            if exact in wanted_exact:
+                found = wanted_exact[exact] or []
+                if len(found) < _MAX_CANDIDATES:
+                    wanted_exact[exact] = found + [str(d['docno'])]
+            if loose is not None and loose in wanted_loose:
+                found = wanted_loose[loose] or []
+                if len(found) < _MAX_CANDIDATES:
+                    wanted_loose[loose] = found + [str(d['docno'])]
+        seen += len(batch)
+        if verbose:
+            print(f'rankgpt_convert: {seen:,} corpus documents read', file=sys.stderr, flush=True)
+
+    # 4. the run, in teacher order
+    counts = dict.fromkeys(('queries_mapped', 'queries_unmapped', 'queries_loose', 'queries_ambiguous',
+                            'duplicate_queries', 'passages_mapped', 'passages_unmapped', 'passages_loose',
+                            'passages_ambiguous', 'queries_written', 'lines_written'), 0)
+    lines, written, unmapped_examples = [], set(), []
+    for where, (qe, ql), qid_given, ordered in records:
+        docnos = []
+        for exact, loose, docid in ordered:
+            docno, ambiguous = _resolve(wanted_exact.get(exact), docid)
+            if docno is None and loose is not None:
+                docno, ambiguous = _resolve(wanted_loose.get(loose), docid)
+                counts['passages_loose'] += docno is not None
+            counts['passages_ambiguous'] += ambiguous
+            if docno is None:
+                counts['passages_unmapped'] += 1
+            else:
+                counts['passages_mapped'] += 1
+                if docno not in docnos:
+                    docnos.append(docno)
+        qid, ambiguous = _resolve(q_exact.get(qe), qid_given)
+        if qid is None and ql is not None:
+            qid, ambiguous = _resolve(q_loose.get(ql), qid_given)
+            counts['queries_loose'] += qid is not None
+        counts['queries_ambiguous'] += ambiguous
+        if qid is None:
+            counts['queries_unmapped'] += 1
+            if len(unmapped_examples) < 3:
+                unmapped_examples.append(where)
+            continue
+        counts['queries_mapped'] += 1
+        if qid in written:
+            counts['duplicate_queries'] += 1
+            continue
+        if not docnos:
+            continue
+        written.add(qid)
+        counts['queries_written'] += 1
+        n = len(docnos)
+        lines.extend(f'{qid} Q0 {d} {r} {n - r + 1} {tag}\n' for r, d in enumerate(docnos, 1))
+    counts['lines_written'] = len(lines)
+    out_run = Path(out_run)
+    data = ''.join(lines).encode('utf-8')
+    atomic_write_bytes(out_run, gzip.compress(data, mtime=0) if out_run.suffix == '.gz' else data)
+    report = {**stats, **counts, 'out': str(out_run), 'unmapped_query_examples': unmapped_examples}
+    report['message'] = (
+        f"{report['records']:,} RankGPT records -> {report['queries_written']:,} teacher lists in {out_run}: "
+        f"{report['queries_unmapped']:,} queries unmapped, {report['duplicate_queries']:,} duplicate; "
+        f"{report['passages_mapped']:,} of {report['passages']:,} passages mapped ({report['passages_unmapped']:,} "
+        f"unmapped, {report['passages_loose']:,} by loose text, {report['passages_ambiguous']:,} ambiguous); "
+        f"{report['permutations_repaired']:,} answers repaired")
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog='python -m pyterrier_knowacq.training.rankgpt_convert',
+        description="Convert RankGPT's released ChatGPT orderings (marco-train-*.jsonl + marco-train-*-gpt3.5.json) into "
+                    "a TREC teacher run over a dataset's qids and docnos (matched by text).")
+    parser.add_argument('records', help='the RankGPT records file: marco-train-10k.jsonl or marco-train-100k.jsonl '
+                                        '(JSON lines or a JSON list; .gz or .zip accepted)')
+    parser.add_argument('out', help='the TREC run to write (gzipped when it ends in .gz)')
+    parser.add_argument('--dataset', required=True, help='the dataset whose topics and corpus the texts are matched '
+                                                         'against, e.g. irds:msmarco-passage/train')
+    parser.add_argument('--permutation', help="ChatGPT's answers, one per record: marco-train-*-gpt3.5.json")
+    parser.add_argument('--ranked', action='store_true', help="the records' passages are already in ChatGPT's order")
+    parser.add_argument('--split', help='the topics to match query texts against (default: every split)')
+    parser.add_argument('--tag', default='rankgpt-3.5', help='the run tag (6th column; default %(default)s)')
+    parser.add_argument('--quiet', action='store_true', help='no progress lines')
+    args = parser.parse_args(argv)
+    try:
+        report = convert_rankgpt(args.records, args.dataset, args.out, permutation=args.permutation, ranked=args.ranked,
+                                 split=args.split, tag=args.tag, verbose=not args.quiet)
+    except KnowacqError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(report['message'])
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
