@@ -18,9 +18,15 @@ Spec (the ``models:`` entries of an experiment YAML, or a ``knowacq train FILE``
         head_lr: 1.0e-3          # optional, a larger learning rate for a fresh head
         steps: 200               # or epochs
       - loss: ranknet
-        data: {teacher: rankgpt-3.5, list_length: 20, select: random}
+        data: {teacher: rankgpt-3.5, list_length: 20, select: random, teacher_min_coverage: 0.1}
         lr: 1.0e-5
         steps: 100
+
+A ranknet stage trains on the training queries its teacher run covers (a released LLM ordering such as RankGPT's 100k
+MS MARCO queries, converted with :mod:`.rankgpt_convert`, covers 20% of the 503k); the coverage is printed and
+recorded in ``training.json`` (``data.teacher_coverage``), and ``teacher_min_coverage`` (a fraction, default 0: any
+coverage) turns a coverage below it into an error. Training queries the first stage finds nothing for are skipped and
+counted (``data.first_stage``).
 
 Example::
 
@@ -44,7 +50,7 @@ MODEL_KEYS = {'backbone', 'init', 'pooling', 'max_length', 'queries_per_batch', 
 STAGE_KEYS = {'loss', 'loss_params', 'data', 'lr', 'head_lr', 'steps', 'epochs', 'warmup', 'weight_decay', 'grad_accum',
               'max_grad_norm', 'queries_per_batch', 'eval_every', 'checkpoint_every', 'keep_best'}
 DATA_KEYS = {'run', 'negatives', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth',
-             'teacher', 'list_length', 'select', 'scores'}
+             'teacher', 'list_length', 'select', 'scores', 'teacher_min_coverage'}
 VERSION = 1
 
 
@@ -81,6 +87,10 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         if not isinstance(data, dict):
             raise KnowacqError(f'stage {i + 1}: data is {data!r:.60}; write it as a mapping such as {{run: bm25, negatives: 7}}')
         check_keys(data, DATA_KEYS, f'stage {i + 1}: unknown data keys')
+        _check_numbers(data, ('teacher_min_coverage',), f'stage {i + 1}')
+        if data.get('teacher_min_coverage') is not None and not 0 <= float(data['teacher_min_coverage']) <= 1:
+            raise KnowacqError(f'stage {i + 1}: teacher_min_coverage is {data["teacher_min_coverage"]!r:.40}; write a '
+                               'fraction of the training queries between 0 and 1, such as 0.1')
         if loss == 'ranknet' and not data.get('teacher'):
             raise KnowacqError(f'stage {i + 1}: a ranknet stage needs `data: {{teacher: <run name(s)>}}`; add one, e.g. '
                                '`data: {teacher: rankgpt-3.5}`')
@@ -141,9 +151,12 @@ def _freeze(model, n_layers):
         layer.requires_grad_(False)
 
 
-def _stage_items(stage, dataset, split, train_qids, seed, text_known):
+def _stage_items(stage, dataset, split, train_qids, seed, text_known, notes=None, verbose=False):
+    """``(items, group size, targets, select)`` of a stage; ``notes`` (a dict) receives the data counts that
+    ``training.json`` records: ``teacher_coverage`` (ranknet) or ``first_stage`` (queries without candidates)."""
     from . import examples as ex
     data = dict(stage.get('data') or {})
+    notes = {} if notes is None else notes
     loss = stage['loss']
     topics = dataset.get_topics(split)
     targets = None
@@ -152,8 +165,13 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known):
         if not teachers:
             raise KnowacqError('a ranknet stage needs `data: {teacher: <run name(s)>}`, e.g. rankgpt-3.5')
         teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+        coverage = {}
         items = ex.teacher_lists(topics, [named_run(dataset, t, split) for t in teachers], qids=train_qids,
-                                 known_docnos=text_known)
+                                 known_docnos=text_known, min_coverage=float(data.get('teacher_min_coverage') or 0.0),
+                                 stats=coverage)
+        notes['teacher_coverage'] = coverage
+        if verbose:
+            print(coverage['message'], flush=True)
         return items, int(data.get('list_length', 20)), None, data.get('select', 'random')
     run_name = data.get('run', 'bm25')
     run = named_run(dataset, run_name, split, depth=int(data.get('depth', 100)))
@@ -161,7 +179,11 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known):
     items = ex.contrastive_groups(topics, dataset.get_qrels(split), run, depth=int(data.get('depth', 100)),
                                   rel_threshold=rel, neg_max_label=data.get('neg_max_label'),
                                   per_positive=bool(data.get('per_positive', False)), qids=train_qids,
-                                  known_docnos=text_known)
+                                  known_docnos=text_known, stats=notes.setdefault('first_stage', {}))
+    if verbose and notes['first_stage'].get('no_first_stage_hits'):
+        fs = notes['first_stage']
+        print(f"skipped {fs['no_first_stage_hits']:,} of {fs['queries']:,} training queries with no first-stage "
+              f"candidates (e.g. qid {fs['no_first_stage_hits_qids'][0]})", flush=True)
     for name in data.get('extra') or []:
         items += ex.extra_groups(name, dataset, depth=int(data.get('extra_depth', 30)), seed=seed)
     if loss in ('kl', 'margin_mse'):
@@ -173,7 +195,8 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known):
     return items, int(data.get('negatives', 7)) + 1, targets, 'random'
 
 
-def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val_qids, work: Path, verbose: bool):
+def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val_qids, work: Path, verbose: bool,
+                 notes=None):
     from ..crossencoder import CrossEncoder
     from .crossencoder_task import CrossEncoderTask
     from .trainer import TrainConfig, Trainer
@@ -194,7 +217,7 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
         ce = CrossEncoder.new(spec['backbone'], pooling=spec.get('pooling', 'cls'), seed=int(spec.get('head_seed', seed)))
     else:
         ce = CrossEncoder.from_pretrained(str(init_folder))
-    items, group_size, targets, select = _stage_items(stage, dataset, split, train_qids, seed, known)
+    items, group_size, targets, select = _stage_items(stage, dataset, split, train_qids, seed, known, notes, verbose)
     for it in items:
         extra_texts.update(getattr(it, 'texts', {}) or {})
 
@@ -258,18 +281,20 @@ def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: 
             log.append({'stage': k, 'key': key, 'cached': True})
             continue
         work = root / f'{key}.work'
+        notes = {}
         result, yardsticks = _train_stage(spec, stage, prev, dataset, train_split, seed, train_qids, val_qids, work,
-                                          verbose)
+                                          verbose, notes=notes)
         with atomic_directory(final, overwrite=True) as tmp:
             shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
             atomic_write_json(tmp / 'training.json', {'spec': spec, 'stage': k, 'dataset': dataset.id,
                                                       'split': train_split, 'seed': seed, 'steps': result.steps,
                                                       'best_metric': result.best_metric, 'selected': result.model_dir.name,
                                                       'validation_qids': val_qids, 'validation': yardsticks,
-                                                      'history': result.history})
+                                                      'data': notes, 'history': result.history})
         shutil.rmtree(work, ignore_errors=True)
         log.append({'stage': k, 'key': key, 'cached': False, 'best_metric': result.best_metric,
-                    'selected': result.model_dir.name, 'validation': yardsticks, 'history': result.history})
+                    'selected': result.model_dir.name, 'validation': yardsticks, 'data': notes,
+                    'history': result.history})
         prev = final
     if output_dir is not None:
         atomic_write_json(Path(output_dir) / 'training.json', {'model': str(prev), 'stages': log})
