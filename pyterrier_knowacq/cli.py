@@ -28,40 +28,13 @@ def _experiment_file(name: str) -> Path:
 def cmd_run(args):
     from .experiment import ResultsExist, run_experiment
     path = _experiment_file(args.file)
-    if not args.dry_run:  # a dry run swaps the models for tiny ones, so only a real run checks the names
-        _check_models(path)
-    try:
+    try:   # checks every spec, data path and model name first (preflight.py): all problems at once, in seconds
         out = run_experiment(path, output=args.output, overwrite=args.overwrite, dry_run=args.dry_run,
                              limit_topics=args.limit_topics, command=_command())
     except ResultsExist as e:   # the Python API names overwrite=True; here the flag is --overwrite
         raise KnowacqError(str(e).replace(e.flag, '--overwrite')) from e
     print(f'[knowacq] results: {out.resolve()}')
     return out
-
-
-#: stage parameters and ``models:`` fields that name a model to load (not one this experiment trains)
-_STAGE_MODEL_PARAMS = ('model', 'query_model')
-_TRAINING_MODEL_FIELDS = ('backbone', 'query_backbone')
-
-
-def _check_models(path) -> None:
-    """Resolve every model name of an experiment before any data is loaded: a misspelt name or an unreachable hub
-    fails in seconds, not after the first systems (or the training) ran."""
-    from .backbones import check_model_name
-    from .experiment_config import load_config
-    from .pipeline_expr import parse_pipeline
-    config = load_config(path)
-    trained = {str(n) for n in (config.get('models') or {})}
-    names = []
-    for spec in config['systems'].values():
-        for stage in parse_pipeline(spec['pipeline'] if isinstance(spec, dict) else spec):
-            names += [str(stage.params[k]) for k in _STAGE_MODEL_PARAMS if stage.params.get(k) is not None]
-    for spec in (config.get('models') or {}).values():
-        if isinstance(spec, dict):
-            names += [str(spec[k]) for k in _TRAINING_MODEL_FIELDS if spec.get(k) is not None]
-    for name in dict.fromkeys(names):
-        if name not in trained:
-            check_model_name(name)
 
 
 def cmd_quickstart(args):
@@ -94,6 +67,12 @@ def cmd_leaderboard(args):
 
 
 def cmd_train(args):
+    from .preflight import check_train_file
+    report = check_train_file(args.file, dry_run=args.dry_run)   # every problem at once, before any training
+    print(report.summary(), flush=True)
+    if args.dry_run:
+        print('[knowacq] dry run: the file was checked; nothing was trained')
+        return {}
     from .training.stages import train_from_config
     out = train_from_config(args.file)
     # validation-only selection table: the yardsticks are measured on queries carved from the training split
@@ -157,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument('file', help='experiment YAML file, or the name of a shipped one (e.g. quickstart, knowacq)')
     r.add_argument('-o', '--output', help='results folder (default results/<name>)')
     r.add_argument('--overwrite', action='store_true', help='replace an existing results folder')
-    r.add_argument('--dry-run', action='store_true', help='tiny models and a few topics: check that the file runs')
+    r.add_argument('--dry-run', action='store_true',
+                   help='check every spec, data path and model name, then run the file with tiny models and a few '
+                        'topics (a real run checks the same first)')
     r.add_argument('--limit-topics', type=int, metavar='N', help='evaluate on the first N topics only')
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser('quickstart', help='run experiments/quickstart.yaml offline and build the leaderboard')
@@ -175,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     lb.set_defaults(fn=cmd_leaderboard)
     t = sub.add_parser('train', help='train a model from a YAML file')
     t.add_argument('file', help='training YAML file (dataset, folds or train_split, models)')
+    t.add_argument('--dry-run', action='store_true',
+                   help='check every model spec, data path and model name, list all problems, and train nothing')
     t.set_defaults(fn=cmd_train)
     ls = sub.add_parser('list', help='list datasets, model aliases and pipeline stages')
     ls.set_defaults(fn=cmd_list)
@@ -226,7 +209,10 @@ def main(argv=None) -> int:
     try:
         args.fn(args)
     except KnowacqError as e:
-        print(f'knowacq: error: {_one_line(e)}', file=sys.stderr)
+        from .preflight import PreflightError
+        # the pre-run report lists several problems, one a line; every other error is one line
+        text = str(e) if isinstance(e, PreflightError) and len(e.problems) > 1 else _one_line(e)
+        print(f'knowacq: error: {text}', file=sys.stderr)
         return 2
     except Exception as e:
         cause = _hub_failure(e)

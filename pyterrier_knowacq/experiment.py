@@ -11,13 +11,16 @@ Example file::
     baseline: BM25
     measures: [nDCG@10, RR(rel=2)@10, AP(rel=2), R(rel=2)@100]
 
-``run_experiment('quickstart.yaml')`` writes ``results/quickstart/`` (format: DESIGN.md), atomically.
+``run_experiment('quickstart.yaml')`` writes ``results/quickstart/`` (format: DESIGN.md), atomically, after checking
+every spec, data path and model name of the file (:mod:`.preflight`). A failed system leaves the results of the others
+(marked incomplete); running the same file again resumes.
 """
 from __future__ import annotations
 
 import inspect
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +33,7 @@ import pandas as pd
 from ._util import KnowacqError, atomic_directory, atomic_write_json, atomic_write_text, cache_dir, write_csv, write_jsonl
 from .datasets import get_dataset
 from .experiment_config import (DEFAULT_MEASURES, KEYS, MODEL_TRAINERS, Fold, _fold_data, _measures, _slug,  # noqa: F401
-                                check_config, folds_of, load_config, runs_on)
+                                apply_dry_run, check_config, folds_of, load_config, runs_on)
 from .pipeline_expr import parse_pipeline
 from .stages import StageContext, build_pipeline, register_stage  # noqa: F401  (re-exported)
 
@@ -114,11 +117,123 @@ def _git_commit() -> Optional[str]:
     return None
 
 
+#: the finished systems of unfinished runs, beside the results folders: <parent>/.knowacq-work/<results folder name>/
+WORK_FOLDER = '.knowacq-work'
+
+
 def _apply_dry_run(config):
-    overrides = config.get('dry_run') or {}
-    config = {**config, **{k: v for k, v in overrides.items() if k in KEYS}}
-    config['name'] = f'{config["name"]}-dry-run'
-    return config
+    return apply_dry_run(config)
+
+
+class _Work:
+    """The finished systems of a run that is not complete yet, so that a failure or a kill loses none of them.
+
+    ``<parent of the results>/.knowacq-work/<results folder name>/<collection>/runs/<slug>.<key>.res.gz`` and
+    ``<collection>/manifest.json`` (``{key: {system, slug, seconds, run, finished}}``). The key is a hash of what
+    determines the system's run (:func:`_system_key`); a later run with the same key reuses the file instead of
+    running the system again. The folder is removed when the results folder is complete.
+    """
+
+    def __init__(self, out: Path):
+        self.root = out.parent / WORK_FOLDER / out.name
+
+    def _manifest_file(self, coll: str) -> Path:
+        return self.root / coll / 'manifest.json'
+
+    def manifest(self, coll: str) -> Dict[str, dict]:
+        import json
+        try:
+            data = json.loads(self._manifest_file(coll).read_text(encoding='utf-8'))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, coll: str, key: str) -> Optional[dict]:
+        entry = self.manifest(coll).get(key)
+        if isinstance(entry, dict) and isinstance(entry.get('run'), str) and (self.root / coll / entry['run']).is_file():
+            return entry
+        return None
+
+    def run_file(self, coll: str, entry: dict) -> Path:
+        return self.root / coll / entry['run']
+
+    def put(self, coll: str, key: str, name: str, slug: str, res: pd.DataFrame, seconds: float) -> dict:
+        """Keep a finished system's run (written under a temporary name, then renamed) and record it."""
+        import os
+        import pyterrier as pt
+        runs = self.root / coll / 'runs'
+        runs.mkdir(parents=True, exist_ok=True)
+        rel = f'runs/{slug}.{key[:16]}.res.gz'
+        tmp = runs / f'.{slug}.{key[:16]}.{os.getpid()}.tmp.res.gz'
+        pt.io.write_results(res, str(tmp), run_name=slug)
+        os.replace(tmp, self.root / coll / rel)
+        manifest = self.manifest(coll)
+        for old_key, old in list(manifest.items()):   # an earlier version of this system (another pipeline or data)
+            if isinstance(old, dict) and old.get('slug') == slug and old_key != key:
+                del manifest[old_key]
+                if isinstance(old.get('run'), str) and old['run'] != rel:
+                    (self.root / coll / old['run']).unlink(missing_ok=True)
+        manifest[key] = {'system': name, 'slug': slug, 'seconds': seconds, 'run': rel,
+                         'finished': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+        atomic_write_json(self._manifest_file(coll), manifest)
+        return manifest[key]
+
+    def remove(self) -> None:
+        import shutil
+        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self.root.parent.rmdir()   # .knowacq-work itself, once no other run keeps work there
+        except OSError:
+            pass
+
+
+def _system_key(pipeline: str, collection: str, dataset, split, fingerprint: str, topics: pd.DataFrame,
+                models: Dict[str, str], rerank_depth, seed: int, dry_run: bool) -> str:
+    """What determines a system's run: its pipeline, the collection (dataset id, content fingerprint, split, the
+    topics exactly as run) and the models its stages load (trained models by their content-keyed folders)."""
+    import hashlib
+    import json
+    h = hashlib.sha1()
+    for qid, query in zip(topics['qid'], topics['query']):
+        h.update(str(qid).encode('utf-8', 'surrogateescape') + b'\0' + str(query).encode('utf-8', 'surrogateescape') + b'\1')
+    payload = {'format': 1, 'pipeline': pipeline, 'collection': collection, 'dataset': dataset.id, 'split': split,
+               'fingerprint': fingerprint, 'topics': h.hexdigest(), 'models': models, 'rerank_depth': rerank_depth,
+               'seed': seed, 'dry_run': bool(dry_run)}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _models_used(stages, ctx: StageContext) -> Dict[str, str]:
+    """``{'0:ce.model=ELECTRA-C': '<folder>|<content fingerprint>', ...}``: every stage parameter that names a model,
+    with the content of its weights (an alias or local folder retrained in place is not reused as it was)."""
+    from .backbones import model_fingerprint
+    from .preflight import STAGE_MODEL_PARAMS
+    out = {}
+    for i, stage in enumerate(stages):
+        for key, value in stage.params.items():
+            if key in STAGE_MODEL_PARAMS or (isinstance(value, str) and value in ctx.models):
+                folder = str(ctx.model(value))
+                try:
+                    weights = model_fingerprint(folder)
+                except Exception:  # noqa: BLE001 - a name that cannot be resolved fails when the stage builds it
+                    weights = None
+                out[f'{i}:{stage.name}.{key}={value}'] = f'{folder}|{weights}'
+    return out
+
+
+def _incomplete(folder: Path) -> bool:
+    """Whether ``folder`` is a results folder that a failed run left marked ``"incomplete": true``."""
+    import json
+    try:
+        meta = json.loads((folder / 'meta.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get('incomplete') is True
+
+
+def _error_text(error: BaseException, limit: int = 600) -> str:
+    text = str(error) if isinstance(error, KnowacqError) else f'{type(error).__name__}: {error}'
+    text = ' '.join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def _train_models(config, fold: Fold, dataset, seed, dry_run) -> Dict[str, str]:
@@ -146,12 +261,23 @@ def _train_models(config, fold: Fold, dataset, seed, dry_run) -> Dict[str, str]:
 
 def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, dry_run: bool = False,
                    limit_topics: Optional[int] = None, command: Optional[str] = None) -> Path:
-    """Run an experiment file and return its results folder (built atomically: all or nothing)."""
+    """Run an experiment file and return its results folder (built atomically).
+
+    Every model spec, data path and model name is checked first (:mod:`~.preflight`): all problems are raised at
+    once, in seconds, before any work. Each finished system's run is kept in a work folder beside the results
+    (``.knowacq-work/<name>/``); when a system fails, the others still run, the results folder is written with the
+    systems that finished (``meta.json``: ``"incomplete": true``, ``"failed": [{system, collection, error}]``) and
+    the first error is raised. Running again (an incomplete folder is replaced without ``overwrite``) reuses the
+    finished systems and completes the folder; the work folder is then removed.
+    """
     import pyterrier as pt
+    from .preflight import check_experiment
     started = time.time()
-    config = load_config(path)
+    report = check_experiment(path, dry_run=dry_run)   # every problem at once, before any work
+    print(report.summary(), flush=True)
+    config = report.config
     if dry_run:
-        config = check_config(_apply_dry_run(config), str(path))
+        config = apply_dry_run(config)
         limit_topics = limit_topics or 3
     seed = int(config.get('seed', 42))
     dataset = get_dataset(config['dataset'])
@@ -182,60 +308,107 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
         raise KnowacqError('two system names reduce to the same file name; rename one of them')
 
     if out.exists() and not overwrite:
-        raise ResultsExist(f'{out} already exists; remove it or pass overwrite=True', flag='overwrite=True')
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+        if not _incomplete(out):
+            raise ResultsExist(f'{out} already exists; remove it or pass overwrite=True', flag='overwrite=True')
+        print(f'[knowacq] {out} is incomplete (a system failed): resuming it', flush=True)
+    work = _Work(out)
+    failures, first_error, reused = [], None, {}
+    with atomic_directory(out, overwrite=True) as tmp:
         atomic_write_text(tmp / 'config.yaml', Path(path).read_text(encoding='utf-8'))
         trained_on: Dict[Optional[str], Dict[str, str]] = {}
-        for fold in folds:
-            test_ds, test_split = fold.test_data(dataset)
-            topics, qrels = test_ds.get_topics(test_split), test_ds.get_qrels(test_split)
-            _check_topics_qrels(topics, qrels, fold.test)
-            topics = topics[topics['qid'].isin(set(qrels['qid']))]
-            if limit_topics:
-                topics = topics.head(int(limit_topics))
-            if fold.train not in trained_on:   # folds sharing a training split share its models (no retraining)
-                trained_on[fold.train] = _train_models(config, fold, dataset, seed, dry_run)
-            models = trained_on[fold.train]
-            meta['models'][fold.folder] = models
-            fold_names = [n for n in names if runs_on(config['systems'][n], fold.folder)]
-            baseline = fold_names.index(config['baseline']) if config.get('baseline') in fold_names else None
-            ctx = StageContext(test_ds, test_split, fold.train, models, seed, tmp, dry_run)
-            results, timings = [], {}
-            coll = tmp / fold.folder
-            (coll / 'runs').mkdir(parents=True, exist_ok=True)
-            for name in fold_names:
-                pipeline = build_pipeline(parse_pipeline(systems[name]), ctx, config.get('rerank_depth'))
-                print(f'[knowacq] {fold.folder}: {name}', flush=True)
-                t0 = time.time()
-                res = pipeline(topics)
-                timings[name] = round(time.time() - t0, 3)
-                pt.io.write_results(res, str(coll / 'runs' / f'{_slug(name)}.res.gz'), run_name=_slug(name))
-                results.append(res)
-            common = dict(names=fold_names, baseline=baseline, test=config.get('test', 't'), correction=correction,
-                          correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
-            fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
-            agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
-            perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=fold_names, verbose=False)
-            write_csv(agg, coll / 'aggregated.csv')
-            # JSON lines, not TSV: query texts holding tabs, quotes, newlines or U+2028 come back exactly as run
-            write_jsonl(coll / 'topics.jsonl', ({'qid': str(q), 'query': str(t)} for q, t in zip(topics['qid'], topics['query'])))
-            write_csv(perq, coll / 'perquery.csv')
-            meta['timings'][fold.folder] = timings
-            # results are grouped by dataset id + content fingerprint: two collections that share a folder name are
-            # never compared with each other (the leaderboard keeps them in separate tables)
-            meta['collections'].append({'name': fold.folder, 'dataset': test_ds.id, 'dataset_name': test_ds.name,
-                                        'dataset_fingerprint': test_ds.fingerprint(), 'topics': test_split or fold.test,
-                                        'train_dataset': dataset.id if fold.train else None,
-                                        'measures': [str(m) for m in fold_measures],
-                                        'train': fold.train, 'num_queries': int(len(topics)),
-                                        'provenance': _first_paragraph(test_ds.provenance())})
-            _print_table(fold.folder, agg, fold_measures)
-        if config.get('analysis'):
-            from .analysis.pipeline import run_analysis
-            fold_models = next(iter(meta['models'].values()), {}) if meta['models'] else {}
-            meta['analysis'] = run_analysis(config['analysis'], tmp, seed=seed, dry_run=dry_run, models=fold_models)
+        current = None
+        try:
+            for fold in folds:
+                current = fold.folder
+                test_ds, test_split = fold.test_data(dataset)
+                topics, qrels = test_ds.get_topics(test_split), test_ds.get_qrels(test_split)
+                _check_topics_qrels(topics, qrels, fold.test)
+                topics = topics[topics['qid'].isin(set(qrels['qid']))]
+                if limit_topics:
+                    topics = topics.head(int(limit_topics))
+                if fold.train not in trained_on:   # folds sharing a training split share its models (no retraining)
+                    trained_on[fold.train] = _train_models(config, fold, dataset, seed, dry_run)
+                models = trained_on[fold.train]
+                meta['models'][fold.folder] = models
+                fold_names = [n for n in names if runs_on(config['systems'][n], fold.folder)]
+                ctx = StageContext(test_ds, test_split, fold.train, models, seed, tmp, dry_run)
+                fingerprint = test_ds.fingerprint()
+                results, done, timings = [], [], {}
+                coll = tmp / fold.folder
+                for name in fold_names:
+                    stages = parse_pipeline(systems[name])
+                    key = _system_key(systems[name], fold.folder, test_ds, test_split, fingerprint, topics,
+                                      _models_used(stages, ctx), config.get('rerank_depth'), seed, dry_run)
+                    kept = work.get(fold.folder, key)
+                    if kept is not None:
+                        print(f'[knowacq] {fold.folder}: reusing finished system {name}', flush=True)
+                        res = pt.io.read_results(str(work.run_file(fold.folder, kept))).drop(columns=['name'], errors='ignore')
+                        reused.setdefault(fold.folder, []).append(name)
+                    else:
+                        print(f'[knowacq] {fold.folder}: {name}', flush=True)
+                        try:
+                            pipeline = build_pipeline(stages, ctx, config.get('rerank_depth'))
+                            t0 = time.time()
+                            res = pipeline(topics)
+                            kept = work.put(fold.folder, key, name, _slug(name), res, round(time.time() - t0, 3))
+                        except Exception as e:  # noqa: BLE001 - recorded; the other systems still run
+                            failures.append({'system': name, 'collection': fold.folder, 'error': _error_text(e)})
+                            first_error = first_error or e
+                            print(f'[knowacq] {fold.folder}: system {name!r} FAILED ({_error_text(e, 300)}); going on '
+                                  'with the other systems', file=sys.stderr, flush=True)
+                            continue
+                    (coll / 'runs').mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(work.run_file(fold.folder, kept), coll / 'runs' / f'{_slug(name)}.res.gz')
+                    timings[name] = kept['seconds']
+                    results.append(res)
+                    done.append(name)
+                if not done:
+                    continue
+                baseline = done.index(config['baseline']) if config.get('baseline') in done else None
+                common = dict(names=done, baseline=baseline, test=config.get('test', 't'), correction=correction,
+                              correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
+                fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
+                agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
+                perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=done, verbose=False)
+                write_csv(agg, coll / 'aggregated.csv')
+                # JSON lines, not TSV: query texts holding tabs, quotes, newlines or U+2028 come back exactly as run
+                write_jsonl(coll / 'topics.jsonl', ({'qid': str(q), 'query': str(t)} for q, t in zip(topics['qid'], topics['query'])))
+                write_csv(perq, coll / 'perquery.csv')
+                meta['timings'][fold.folder] = timings
+                # results are grouped by dataset id + content fingerprint: two collections that share a folder name are
+                # never compared with each other (the leaderboard keeps them in separate tables)
+                meta['collections'].append({'name': fold.folder, 'dataset': test_ds.id, 'dataset_name': test_ds.name,
+                                            'dataset_fingerprint': fingerprint, 'topics': test_split or fold.test,
+                                            'train_dataset': dataset.id if fold.train else None,
+                                            'measures': [str(m) for m in fold_measures],
+                                            'train': fold.train, 'num_queries': int(len(topics)),
+                                            'provenance': _first_paragraph(test_ds.provenance())})
+                _print_table(fold.folder, agg, fold_measures)
+            current = None
+            if config.get('analysis'):
+                from .analysis.pipeline import run_analysis
+                current = 'analysis'
+                fold_models = next(iter(meta['models'].values()), {}) if meta['models'] else {}
+                meta['analysis'] = run_analysis(config['analysis'], tmp, seed=seed, dry_run=dry_run, models=fold_models)
+        except Exception as e:  # noqa: BLE001 - training, topics or the analysis failed: nothing more can run
+            where = 'analysis: ' if current == 'analysis' else ''
+            failures.append({'system': None, 'collection': None if current == 'analysis' else current,
+                             'error': where + _error_text(e)})
+            first_error = first_error or e
+        if failures and not meta['collections']:
+            raise first_error   # nothing finished: no results folder (an earlier incomplete one stays as it was)
+        if failures:
+            meta['incomplete'] = True
+            meta['failed'] = failures
+        if reused:
+            meta['reused'] = reused   # finished by an earlier, failed run of this experiment (timings are theirs)
         meta['wall_time_s'] = round(time.time() - started, 2)
         atomic_write_json(tmp / 'meta.json', meta)
+    if failures:
+        print(f'[knowacq] {len(failures)} failure(s); the systems that finished are in {out} (marked incomplete). Run '
+              'the same command again to resume: finished systems are reused, not run again', file=sys.stderr, flush=True)
+        raise first_error
+    work.remove()
     return out
 
 

@@ -16,7 +16,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 from ._util import KnowacqError
@@ -24,8 +24,8 @@ from .datasets import Dataset, get_dataset
 from .pipeline_expr import parse_pipeline
 from .stages import check_stage
 
-__all__ = ['load_config', 'check_config', 'folds_of', 'Fold', 'KEYS', 'FOLD_KEYS', 'SYSTEM_KEYS', 'MODEL_TRAINERS',
-           'DEFAULT_MEASURES', 'runs_on']
+__all__ = ['load_config', 'read_config', 'check_config', 'config_problems', 'apply_dry_run', 'locate_problem', 'folds_of',
+           'Fold', 'KEYS', 'FOLD_KEYS', 'SYSTEM_KEYS', 'MODEL_TRAINERS', 'DEFAULT_MEASURES', 'runs_on']
 
 DEFAULT_MEASURES = ['nDCG@10', 'RR(rel=2)@10', 'AP(rel=2)', 'R(rel=2)@100']
 KEYS = {
@@ -36,6 +36,7 @@ KEYS = {
     'measures': 'ir_measures names', 'baseline': 'system name', 'test': 't | wilcoxon', 'correction': 'holm | bonferroni | fdr_bh | none',
     'correction_alpha': 'float', 'seed': 'int', 'rerank_depth': 'cut first stages to this depth', 'analysis': 'analysis section',
     'dry_run': 'overrides applied with --dry-run', 'tags': 'tags for every system', 'output': 'results folder',
+    'claims': 'knowacq report: {equivalence_margin: {nDCG@10: 0.02, probe_accuracy: 0.05}, per_claim: {cd_eq_c: 0.01}, interval: t | bootstrap}',
 }
 FOLD_KEYS = {
     'train': 'split of the dataset the models are trained on',
@@ -60,8 +61,19 @@ def _slug(text: str) -> str:
 
 def load_config(path) -> Dict[str, Any]:
     """Read and check an experiment file (``yaml.safe_load``); every problem is one :class:`KnowacqError` of one line
-    that names the file and line: ``<file>:<line>: <problem>; <fix>`` (``<file>:<line>:<col>: not valid YAML ...``)."""
-    from .readers import file_error, load_yaml, locate_error, yaml_line
+    that names the file and line: ``<file>:<line>: <problem>; <fix>`` (``<file>:<line>:<col>: not valid YAML ...``).
+    The first problem is raised; :func:`read_config` gives them all."""
+    config, _, problems = read_config(path)
+    if problems:
+        raise problems[0]
+    return config
+
+
+def read_config(path) -> Tuple[Dict[str, Any], Any, List[KnowacqError]]:
+    """``(config, YAML node tree, problems)``: every problem :func:`load_config` knows of, in the order it meets them,
+    each one line naming ``<file>:<line>``. A file that cannot be read as a mapping at all (missing, not YAML, empty,
+    a list) raises its one problem instead."""
+    from .readers import file_error, load_yaml, yaml_line
     path = Path(path)
     if not path.exists():
         raise KnowacqError(f'experiment file {path} does not exist; see experiments/ for examples')
@@ -71,6 +83,8 @@ def load_config(path) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise file_error(path, node.start_mark.line + 1, f'must be a YAML mapping with keys such as name, dataset, topics, '
                          f'systems, not a {type(config).__name__}', 'write `key: value` lines such as `name: my-experiment`')
+    problems: List[KnowacqError] = []
+    bad = set()   # keys whose shape is wrong: left out of the checks below, which rely on the shapes
     # the shapes check_config relies on (None: not given)
     shapes = {'name': ((str, int, float), 'a plain name such as my-experiment'),
               'baseline': (str, 'the name of one of the systems'),
@@ -82,34 +96,61 @@ def load_config(path) -> Dict[str, Any]:
         value = config.get(key)
         if (value is None and key == 'name' and key in config) or \
                 (value is not None and (isinstance(value, bool) or not isinstance(value, types))):
-            raise file_error(path, yaml_line(node, key), f'{key} is {value!r:.60}', f'write {key}: as {fix}')
-    for name, spec in (config.get('models') or {}).items():
+            problems.append(file_error(path, yaml_line(node, key), f'{key} is {value!r:.60}', f'write {key}: as {fix}'))
+            bad.add(key)
+    bad_models = set()
+    for name, spec in (config.get('models') or {}).items() if 'models' not in bad else ():
         if spec is not None and not isinstance(spec, dict):
-            raise file_error(path, yaml_line(node, 'models', name), f'model {name!r} is {spec!r:.60}, not a mapping',
-                             'write its training spec as a mapping such as {backbone: minilm-l6, stages: [...]}')
-        if spec and spec.get('kind') is not None and not isinstance(spec.get('kind'), str):
-            raise file_error(path, yaml_line(node, 'models', name, 'kind'), f'model {name!r} has kind {spec["kind"]!r:.60}',
-                             f'choose one of {list(MODEL_TRAINERS)}')
+            problems.append(file_error(path, yaml_line(node, 'models', name), f'model {name!r} is {spec!r:.60}, not a mapping',
+                                       'write its training spec as a mapping such as {backbone: minilm-l6, stages: [...]}'))
+            bad_models.add(name)
+        elif spec and spec.get('kind') is not None and not isinstance(spec.get('kind'), str):
+            problems.append(file_error(path, yaml_line(node, 'models', name, 'kind'),
+                                       f'model {name!r} has kind {spec["kind"]!r:.60}', f'choose one of {list(MODEL_TRAINERS)}'))
+            bad_models.add(name)
+    checked = {k: v for k, v in config.items() if k not in bad}
+    if 'name' in bad:
+        checked['name'] = 'experiment'
+    if bad_models:
+        checked['models'] = {k: v for k, v in config['models'].items() if k not in bad_models}
     source = str(path)
-    try:
-        return check_config(config, source)
-    except KnowacqError as e:
-        message = str(e)
-        if re.match(re.escape(source) + r':\d+', message):
-            raise  # already names its line
-        if message.startswith(source):
-            message = message[len(source):].lstrip(':').lstrip()
-        missing = re.match(r"missing required key '(\w+)'", message)
-        if missing:
-            message += f'; add `{missing[1]}:` at the top level'
-        # the entry a message is about: its opening words narrow the search, its quoted names find the line
-        scopes = [(r'^fold (\d+)', lambda m: ('folds', int(m[1]) - 1)),
-                  (r"""^system (['"])(.*?)\1""", lambda m: ('systems', m[2])),
-                  (r"""^model (['"])(.*?)\1""", lambda m: ('models', m[2])),
-                  (r'^(unknown stage|stage |cannot read stage|unbalanced|a system must)', ('systems',)),
-                  (r'^(the )?baseline\b', ('baseline',))]
-        line = yaml_line(node) if missing else locate_error(message, node, scopes)
-        raise file_error(path, line, message) from None
+    problems += [locate_problem(path, node, e, source) for e in config_problems(checked, source)]
+    return config, node, problems
+
+
+#: where a check_config message is about: its opening words narrow the search, its quoted names find the line
+_SCOPES = [(r'^fold (\d+)', lambda m: ('folds', int(m[1]) - 1)),
+           (r"""^system (['"])(.*?)\1""", lambda m: ('systems', m[2])),
+           (r"""^model (['"])(.*?)\1""", lambda m: ('models', m[2])),
+           (r'^(unknown stage|stage |cannot read stage|unbalanced|a system must)', ('systems',)),
+           (r'^(the )?baseline\b', ('baseline',))]
+
+
+def locate_problem(path, node, error, source: Optional[str] = None) -> KnowacqError:
+    """A :func:`check_config` problem as one ``<file>:<line>: <problem>`` error; ``node`` is the YAML node the
+    message's names are looked up in (the whole file, or its ``dry_run:`` block)."""
+    from .readers import file_error, locate_error, yaml_line
+    source = str(path) if source is None else source
+    message = str(error)
+    if re.match(re.escape(source) + r':\d+', message):
+        return error if isinstance(error, KnowacqError) else KnowacqError(message)   # already names its line
+    if message.startswith(source):
+        message = message[len(source):].lstrip(':').lstrip()
+    missing = re.match(r"missing required key '(\w+)'", message)
+    if missing:
+        message += f'; add `{missing[1]}:` at the top level'
+    line = yaml_line(node) if missing else locate_error(message, node, _SCOPES)
+    return file_error(path, line, message)
+
+
+def apply_dry_run(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The experiment a ``--dry-run`` runs: the ``dry_run:`` block's keys replace the file's, the name gains
+    ``-dry-run`` (models are swapped for tiny ones by the runner and the trainers)."""
+    overrides = config.get('dry_run') or {}
+    overrides = overrides if isinstance(overrides, dict) else {}
+    config = {**config, **{k: v for k, v in overrides.items() if k in KEYS}}
+    config['name'] = f'{config.get("name", "experiment")}-dry-run'
+    return config
 
 
 def check_config(config, source: str = '<config>') -> Dict[str, Any]:
@@ -120,33 +161,61 @@ def check_config(config, source: str = '<config>') -> Dict[str, Any]:
         source: the file name, for the error messages.
 
     Raises:
-        KnowacqError: naming the first problem (and, for a misspelt key, the closest allowed key).
+        KnowacqError: naming the first problem (and, for a misspelt key, the closest allowed key);
+            :func:`config_problems` lists them all.
     """
+    problems = config_problems(config, source)
+    if problems:
+        raise problems[0]
+    return config
+
+
+def config_problems(config, source: str = '<config>') -> List[KnowacqError]:
+    """Every problem :func:`check_config` finds, in the order it meets them (the first is the one it raises)."""
     if not isinstance(config, dict):
-        raise KnowacqError(f'{source} must be a YAML mapping with keys such as name, dataset, topics, systems')
-    for key in config:
-        if key not in KEYS:
-            raise _unknown_key(key, KEYS, source)
-    for key in ('name', 'dataset', 'systems'):
-        if key not in config:
-            raise KnowacqError(f'{source}: missing required key {key!r} ({KEYS[key]})')
+        return [KnowacqError(f'{source} must be a YAML mapping with keys such as name, dataset, topics, systems')]
+    problems: List[KnowacqError] = [_unknown_key(key, KEYS, source) for key in config if key not in KEYS]
+    problems += [KnowacqError(f'{source}: missing required key {key!r} ({KEYS[key]})')
+                 for key in ('name', 'dataset', 'systems') if key not in config]
+    if 'systems' not in config:
+        return problems
     if not isinstance(config['systems'], dict) or not config['systems']:
-        raise KnowacqError(f'{source}: systems must be a non-empty mapping of name -> pipeline expression')
-    if 'topics' in config and 'folds' in config:
-        raise KnowacqError(f'{source}: give either topics (evaluation only) or folds (train/test), not both')
-    if config.get('baseline') is not None and config['baseline'] not in config['systems']:
-        raise KnowacqError(f'{source}: baseline {config["baseline"]!r} is not one of the systems: {list(config["systems"])}')
-    _check_systems(config, [f.folder for f in folds_of(config, source)], source)
-    for name, spec in (config.get('models') or {}).items():
+        return problems + [KnowacqError(f'{source}: systems must be a non-empty mapping of name -> pipeline expression')]
+
+    def attempt(fn, *args):
+        try:
+            return fn(*args)
+        except KnowacqError as e:
+            problems.append(e)
+        except Exception:  # noqa: BLE001 - a shape an earlier problem already names; without one it is a bug
+            if not problems:
+                raise
+        return None
+
+    def both():
+        if 'topics' in config and 'folds' in config:
+            raise KnowacqError(f'{source}: give either topics (evaluation only) or folds (train/test), not both')
+    attempt(both)
+
+    def baseline():
+        if config.get('baseline') is not None and config['baseline'] not in config['systems']:
+            raise KnowacqError(f'{source}: baseline {config["baseline"]!r} is not one of the systems: {list(config["systems"])}')
+    attempt(baseline)
+    folds = attempt(folds_of, config, source)
+    found = attempt(_system_problems, config, None if folds is None else [f.folder for f in folds], source)
+    problems += found or []
+    for name, spec in (config.get('models') or {}).items() if isinstance(config.get('models'), dict) else ():
         kind = (spec or {}).get('kind', 'cross-encoder') if isinstance(spec, dict) else None
         if kind not in MODEL_TRAINERS:
-            raise KnowacqError(f'{source}: model {name!r} has kind {kind!r}; choose one of {list(MODEL_TRAINERS)}')
+            problems.append(KnowacqError(f'{source}: model {name!r} has kind {kind!r}; choose one of {list(MODEL_TRAINERS)}'))
     for name, expr in config['systems'].items():
-        expr = expr['pipeline'] if isinstance(expr, dict) else expr
-        for stage in parse_pipeline(expr):
-            check_stage(stage)
-    _measures(config)
-    return config
+        expr = expr.get('pipeline') if isinstance(expr, dict) else expr
+        if not isinstance(expr, str):
+            continue   # named above: a system is a pipeline expression or a mapping with `pipeline:`
+        for stage in attempt(parse_pipeline, expr) or []:
+            attempt(check_stage, stage)
+    attempt(_measures, config)
+    return problems
 
 
 def _unknown_key(key, allowed, where: str) -> KnowacqError:
@@ -157,34 +226,49 @@ def _unknown_key(key, allowed, where: str) -> KnowacqError:
 
 def _check_systems(config, collections: List[str], source: str) -> None:
     """System entries: a pipeline string or ``{pipeline, tags, collections}``; the baseline runs everywhere."""
+    problems = _system_problems(config, collections, source)
+    if problems:
+        raise problems[0]
+
+
+def _system_problems(config, collections: Optional[List[str]], source: str) -> List[KnowacqError]:
+    """The problems of the system entries (``collections=None``: the folds are broken, their names unknown)."""
+    problems = []
     for name, spec in config['systems'].items():
         where = f'{source}: system {name!r}'
         if not isinstance(spec, (str, dict)):
-            raise KnowacqError(f'{where} must be a pipeline expression or a mapping with `pipeline:`')
+            problems.append(KnowacqError(f'{where} must be a pipeline expression or a mapping with `pipeline:`'))
+            continue
         if not isinstance(spec, dict):
             continue
-        for key in spec:
-            if key not in SYSTEM_KEYS:
-                raise _unknown_key(key, SYSTEM_KEYS, where)
+        unknown = [key for key in spec if key not in SYSTEM_KEYS]
+        if unknown:
+            problems += [_unknown_key(key, SYSTEM_KEYS, where) for key in unknown]
+            continue
         if not isinstance(spec.get('pipeline'), str):
-            raise KnowacqError(f'{where} needs `pipeline:` (a pipeline expression such as bm25 >> text >> ce(model=...))')
+            problems.append(KnowacqError(f'{where} needs `pipeline:` (a pipeline expression such as bm25 >> text >> '
+                                         'ce(model=...))'))
+            continue
         only = spec.get('collections')
-        if only is None:
+        if only is None or collections is None:
             continue
         if not isinstance(only, list) or not only:
-            raise KnowacqError(f'{where}: collections must be a non-empty list of test collections, e.g. {collections}')
+            problems.append(KnowacqError(f'{where}: collections must be a non-empty list of test collections, e.g. '
+                                         f'{collections}'))
+            continue
         for coll in only:
             if coll not in collections:
                 close = difflib.get_close_matches(str(coll), collections, n=1)
                 hint = f' (did you mean {close[0]!r}?)' if close else ''
-                raise KnowacqError(f'{where}: collections names {coll!r}{hint}, which is not a test collection of this '
-                                   f'experiment; its collections are {collections}')
+                problems.append(KnowacqError(f'{where}: collections names {coll!r}{hint}, which is not a test collection '
+                                             f'of this experiment; its collections are {collections}'))
     baseline = config.get('baseline')
-    if baseline is not None:
+    if isinstance(baseline, str) and baseline in config['systems'] and collections is not None:
         missing = [c for c in collections if not runs_on(config['systems'][baseline], c)]
         if missing:
-            raise KnowacqError(f'{source}: the baseline {baseline!r} does not run on {missing}; every system is tested '
-                               'against it, so remove its `collections:` or add those collections')
+            problems.append(KnowacqError(f'{source}: the baseline {baseline!r} does not run on {missing}; every system is '
+                                         'tested against it, so remove its `collections:` or add those collections'))
+    return problems
 
 
 def runs_on(spec, collection: str) -> bool:

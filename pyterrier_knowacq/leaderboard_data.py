@@ -210,6 +210,12 @@ def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData
     """Read a (kept copy of a) results folder; a broken collection becomes a problem, a broken folder raises."""
     meta = read_meta(folder)
     problems = []
+    if meta.get('incomplete'):   # a run in which a system failed: its tables hold the systems that finished
+        failed = [f for f in meta.get('failed') or [] if isinstance(f, dict)]
+        named = '; '.join(f'{f.get("system") or "the run"} on {f.get("collection") or "-"}: {f.get("error", "")}'[:200]
+                          for f in failed[:3])
+        problems.append(f'{origin} is INCOMPLETE: {len(failed)} failure(s) ({named}); its tables show only the systems '
+                        'that finished; run `knowacq run` again to resume it')
     infos = meta.get('collections')
     if not isinstance(infos, list) or not infos:
         infos = [{'name': p.parent.name} for p in sorted(folder.glob('*/aggregated.csv'))]
