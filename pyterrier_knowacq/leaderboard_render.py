@@ -76,13 +76,30 @@ def environment():
     env.filters.update(fmt=fmt, fmt_p=fmt_p, sortv=sort_value,
                        script_json=lambda obj: Markup(script_json(obj)))
     env.globals.update(TAG_KEYS=TAG_KEYS, ALPHA=ALPHA, sig_title=sig_title, sig_mark=sig_mark,
-                       rank_title=rank_title, verdict_class=verdict_class)
+                       rank_title=rank_title, verdict_class=verdict_class, claim_ci=claim_ci)
     return env
 
 
-def verdict_class(verdict) -> str:
-    """A CSS class for a claim's verdict: good (supported / reproduced), bad (contradicted / not ...), or open."""
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def claim_ci(claim: Dict) -> str:
+    """A claim's mean difference with its 95% interval, ``+0.080 [+0.031, +0.130]`` (``–`` when not computed)."""
+    diff, lo, hi = claim.get('diff'), claim.get('ci_low'), claim.get('ci_high')
+    if not _finite(diff):
+        return '–'
+    return f'{diff:+.3f}' + (f' [{lo:+.3f}, {hi:+.3f}]' if _finite(lo) and _finite(hi) else '')
+
+
+def verdict_class(verdict, kind=None) -> str:
+    """A CSS class for a claim's verdict: good (supported / reproduced; "equivalent within ±m" for an "≈" claim),
+    bad (different / contradicted / not ...; "equivalent" for a directional claim), or open (inconclusive)."""
     v = str(verdict or '').strip().lower()
+    if v.startswith('equivalent'):
+        return 'v-good' if kind in (None, 'equivalence') else 'v-bad'
+    if v.startswith('different'):
+        return 'v-bad'
     if v.startswith(('not ', 'contradict', 'refuted', 'opposite', 'failed', 'no ')) or v in ('no', 'fail'):
         return 'v-bad'
     if v.startswith(('supported', 'reproduced', 'confirmed', 'yes', 'pass')):
@@ -215,7 +232,8 @@ PERQUERY_HEADER = ['system_id', 'system', 'experiment', 'collection', 'qid', 'qu
 
 
 def claims_csv(studies: List[Dict]) -> str:
-    keys = ['study', 'claim', 'paper', 'ours', 'p_value', 'verdict', 'detail']
+    keys = ['study', 'claim', 'paper', 'ours', 'p_value', 'verdict', 'detail', 'kind', 'diff', 'ci_low', 'ci_high',
+            'margin', 'mde', 'underpowered', 'test']
     rows = [[st['name'], e['experiment'], *[c.get(k) for k in keys]] for st in studies for e in st['experiments']
             for c in e['claims']]
     return csv_text(['study_page', 'experiment', *keys], rows)

@@ -1,7 +1,12 @@
 """``knowacq report``: each study claim, the paper's figure, ours, the p-value and a verdict, from result folders.
 
 Reads result folders only (never model code). Study-specific claims live in ``report_<study>.py`` modules that
-expose ``claims(folder) -> list[dict]`` with keys ``study, claim, paper, ours, p_value, verdict, detail``.
+expose ``claims(folder) -> list[dict]`` with keys ``study, id, claim, paper, ours, p_value, verdict, detail`` and the
+statistics of :func:`pyterrier_knowacq.analysis.stats.claim_fields`: ``kind`` (equivalence | greater | less),
+``diff, ci_low, ci_high`` (mean paired difference a - b and its 95% interval), ``margin`` (of the equivalence test),
+``mde`` (minimum detectable effect at 80% power), ``underpowered``, ``test``, ``p_tost``, ``n``, ``paper_diff``,
+``interval``. Verdicts use one vocabulary (``stats.verdict``): "equivalent within ±m", "different", "supported
+(higher|lower)", "different, opposite direction", "inconclusive", "not measured".
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from pathlib import Path
 from typing import Dict, List
 
 from ._util import KnowacqError, atomic_write_json, atomic_write_text
+from .analysis import stats
 
-COLUMNS = ['study', 'claim', 'paper', 'ours', 'p_value', 'verdict']
+COLUMNS = ['claim', 'paper', 'ours', 'diff [95% CI]', 'margin', 'MDE (80%)', 'p_value', 'verdict']
 
 
 def read_meta(folder) -> Dict:
@@ -40,10 +46,23 @@ def _fmt(value) -> str:
     return str(value).replace('|', '\\|').replace('\n', ' ')
 
 
+def _cell(c: Dict, column: str) -> str:
+    if column == 'diff [95% CI]':
+        return stats.fmt_interval(c.get('diff'), c.get('ci_low'), c.get('ci_high'))
+    if column == 'margin':
+        return 'n/a' if c.get('margin') is None else f'±{c["margin"]:g}'
+    if column == 'MDE (80%)':
+        if c.get('mde') is None:
+            return 'n/a'
+        return f'{c["mde"]:.3f}' + (' (underpowered)' if c.get('underpowered') else '')
+    return _fmt(c.get(column))
+
+
 def markdown(claims: List[Dict]) -> str:
+    """The claims as a Markdown table (difference with its interval, margin, MDE and underpowered flag, verdict)."""
     lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     for c in claims:
-        lines.append('| ' + ' | '.join(_fmt(c.get(k)) for k in COLUMNS) + ' |')
+        lines.append('| ' + ' | '.join(_cell(c, k) for k in COLUMNS) + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -55,11 +74,15 @@ def write_report(folders) -> str:
         meta = read_meta(folder)
         text = f'## {meta.get("experiment")} ({meta.get("study")})\n\n'
         text += markdown(claims) if claims else '_This study declares no claims; see aggregated.csv._\n'
-        details = [f'- **{c["claim"]}**: {c["detail"]}' for c in claims if c.get('detail')]
+        details = [f'- **{c["claim"]}**: {c["detail"]}' + (f' (test: {c["test"]})' if c.get('test') else '')
+                   for c in claims if c.get('detail')]
         if details:
             text += '\n' + '\n'.join(details) + '\n'
+        method = stats.method_note(stats.claim_settings(meta)) if claims else ''
+        if method:
+            text += '\n' + method + '\n'
         if claims:
-            atomic_write_json(Path(folder) / 'report.json', {'claims': claims})
+            atomic_write_json(Path(folder) / 'report.json', {'claims': claims, 'method': method})
             atomic_write_text(Path(folder) / 'report.md', text)
         parts.append(text)
     return '\n'.join(parts)

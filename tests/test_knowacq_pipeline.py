@@ -65,11 +65,13 @@ def _check_report(out):
     rows = [(n, str(q), 'nDCG@10', v) for q in range(10) for n, v in (('FT', 0.5 + q / 40), ('RND', 0.1 + q / 100))]
     pd.DataFrame(rows, columns=['name', 'qid', 'measure', 'value']).to_csv(out / 'dl19' / 'perquery.csv', index=False)
     result = claims(out)
-    keys = {'study', 'claim', 'paper', 'ours', 'p_value', 'verdict', 'detail'}
-    assert all(set(c) == keys for c in result) and len(result) == 6
+    keys = {'study', 'id', 'claim', 'paper', 'ours', 'p_value', 'verdict', 'detail',
+            'kind', 'diff', 'ci_low', 'ci_high', 'mde', 'margin', 'underpowered', 'test'}
+    assert all(keys <= set(c) for c in result) and len(result) == 6
     by = {c['claim'].split(' ')[0]: c for c in result}
     rnd = [c for c in result if c['claim'].startswith('pre-training')][0]
-    assert rnd['verdict'] == 'consistent' and rnd['p_value'] < 0.001 and '0.613 vs random-init 0.145' in rnd['ours']
+    assert rnd['verdict'] == 'supported (higher)' and rnd['p_value'] < 0.001 and '0.613 vs random-init 0.145' in rnd['ours']
+    assert rnd['ci_low'] <= rnd['diff'] <= rnd['ci_high'] and rnd['margin'] == 0.02
     measured = [c['verdict'] != 'not measured' for c in result]
     # the test config has a mean group with a fine-tuned model, but no cls group and no fine-tuned decoder
     assert measured == [False, True, True, False, True, True], by
@@ -118,7 +120,7 @@ def test_full_grid_dry_run(cache, tmp_path):
 
 def test_random_control_claim_pools_every_pair_and_collection(tmp_path):
     """Each random-init system is compared with its pre-trained twin (same strategy, pooling, first stage) on every
-    collection that has both; mixed directions give 'partly consistent'."""
+    collection that has both; a significant difference the other way gives 'different, opposite direction'."""
     from pyterrier_knowacq.report_knowacq import _random_claim
 
     def tags(backbone, first_stage):
@@ -135,6 +137,7 @@ def test_random_control_claim_pools_every_pair_and_collection(tmp_path):
         pd.DataFrame(rows, columns=['name', 'qid', 'measure', 'value']).to_csv(tmp_path / coll / 'perquery.csv', index=False)
     acc = pd.DataFrame(columns=['group', 'data', 'model', 'n', 'probe', 'layer', 'accuracy'])
     claim = _random_claim(tmp_path, acc)
-    assert claim['verdict'] == 'partly consistent'
+    assert claim['verdict'] == 'different, opposite direction'
+    assert [p['label'] for p in claim['parts']] == ['dl19 (bm25)', 'scifact-test (dense)']
     assert 'dl19 (bm25): nDCG@10 pre-trained 0.635 vs random-init 0.235' in claim['ours']
     assert 'scifact-test (dense)' in claim['ours'] and "'Dense FT' vs 'Dense RND'" in claim['detail']
