@@ -18,11 +18,15 @@ Spec (a ``models:`` entry with ``kind: colbert`` in an experiment YAML, or a dic
     head_lr: 1.0e-3            # learning rate of the projection
     steps: 150                 # or epochs
     warmup: 0.1
+    precision: auto            # optional: auto (bf16 autocast on a capable GPU, fp32 elsewhere) | fp32 | bf16
+    gradient_checkpointing: false   # optional: recompute activations in the backward pass (less memory, slower)
+    micro_batch: auto          # optional: queries per forward pass: auto (fit the GPU; CPU: queries_per_batch) | N
 
 Training groups: positives judged ``>= rel_threshold``, negatives from the first-stage run's top ``depth`` (the
 dataset's BM25 run when it ships one, else PISA BM25 over its corpus); ``extra`` adds the 620 MS MARCO dev-small
 positives (negatives: BM25 over the embedded 31k passages) and/or the 110 MS MARCO train queries. The trained model
-is cached by a hash of (spec, dataset, split, seed); the returned folder is a ColBERT checkpoint.
+is cached by a hash of (spec, dataset, split, seed); the returned folder is a ColBERT checkpoint. Passage texts are
+looked up per batch (``dataset.get_texts``), never the whole corpus at once.
 
 Example::
 
@@ -55,13 +59,15 @@ DEFAULT_SPEC: Dict[str, Any] = {
     'max_grad_norm': 1.0, 'grad_accum': 1, 'checkpoint_every': 50,
 }
 DATA_KEYS = set(DEFAULT_SPEC['data']) | {'max_queries', 'extra_depth'}
+#: optional settings, not filled in by default (so the cache keys of specs without them do not change)
+OPTIONAL_KEYS = {'precision', 'gradient_checkpointing', 'micro_batch'}
 
 
 def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """Fill defaults and check keys and values; raises :class:`KnowacqError` naming the bad setting."""
     spec = dict(spec or {})
     spec.pop('kind', None)
-    check_keys(spec, DEFAULT_SPEC, 'unknown ColBERT training settings')
+    check_keys(spec, set(DEFAULT_SPEC) | OPTIONAL_KEYS, 'unknown ColBERT training settings')
     data = dict(spec.get('data') or {})
     check_keys(data, DATA_KEYS, 'unknown ColBERT data settings')
     spec = {**copy.deepcopy(DEFAULT_SPEC), **spec, 'data': {**DEFAULT_SPEC['data'], **data}}
@@ -79,19 +85,30 @@ def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
                            'or use loss: infonce')
     if isinstance(spec['data']['extra'], str):
         spec['data']['extra'] = [spec['data']['extra']]
+    from .training.trainer import PRECISIONS
+    if spec.get('precision', 'auto') not in PRECISIONS:
+        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
+    mb = spec.get('micro_batch', 'auto')
+    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
+        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
     return spec
 
 
 class ColBERTTask:
     """The trainer task: batches of ``(qid, query, [positive] + negatives)``; InfoNCE over MaxSim of every query
-    against every document of the batch, or KL to teacher scores over each query's own documents."""
+    against every document of the batch, or KL to teacher scores over each query's own documents.
 
-    def __init__(self, model, groups, text_of, *, negatives=3, queries_per_batch=8, loss='infonce', loss_params=None,
-                 teacher=None, head_lr=None, train_doc_maxlen=128, seed=42):
+    The passages of a batch are looked up with one ``texts_of(docnos)`` call (a single-docno ``text_of`` is wrapped).
+    The BERT pooler, which ColBERT never uses (it projects every token's hidden state), is frozen."""
+
+    def __init__(self, model, groups, text_of=None, *, negatives=3, queries_per_batch=8, loss='infonce',
+                 loss_params=None, teacher=None, head_lr=None, train_doc_maxlen=128, seed=42, texts_of=None):
         from .training.losses import get_loss
+        from .training.trainer import as_texts_of, freeze_pooler
         if not groups:
             raise KnowacqError('no training groups for ColBERT; check the qrels, the run and rel_threshold')
-        self.model, self.groups, self.text_of = model, list(groups), text_of
+        self.model, self.groups, self.texts_of = model, list(groups), as_texts_of(text_of, texts_of)
+        freeze_pooler(model.bert)
         self.negatives, self.qpb, self.seed = int(negatives), int(queries_per_batch), seed
         self.loss_name, self.loss_fn = loss, get_loss(loss, **(loss_params or {}))
         self.teacher, self.head_lr, self.train_doc_maxlen = teacher or {}, head_lr, int(train_doc_maxlen)
@@ -121,7 +138,7 @@ class ColBERTTask:
             import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                d_ids, d_mask = m.tokenize_docs([self.text_of(d) for _, _, ds in batch for d in ds])
+                d_ids, d_mask = m.tokenize_docs(list(self.texts_of([d for _, _, ds in batch for d in ds])))
         finally:
             m.config['doc_maxlen'] = full
         scores = model(q_ids.to(device), q_mask.to(device), d_ids.to(device), d_mask.to(device))    # [B, B * k]
@@ -158,9 +175,11 @@ def _groups(spec, dataset, split, seed):
     if data.get('teacher'):
         teacher = ex.score_targets(dataset.get_run(data['teacher'], split))
         run = dataset.get_run(data['teacher'], split)
+    from .training.dense import docnos_with_text
+    known = docnos_with_text(dataset, set(run['docno'].astype(str)) | set(qrels['docno'].astype(str)))
     groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data['rel_threshold']),
                                    neg_max_label=data['neg_max_label'], per_positive=bool(data['per_positive']),
-                                   known_docnos=set(dataset._texts))
+                                   known_docnos=known)
     n_split = len(groups)
     for name in data['extra'] or []:
         if teacher is None:
@@ -186,7 +205,8 @@ def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, 
         spec.update(backbone='tiny-bert', init=None, steps=2, epochs=None)
         spec['data'] = {**spec['data'], 'max_queries': 8, 'extra': []}
     from .training.cache_keys import training_key
-    key = training_key(spec, dataset, train_split, seed, VERSION)   # content of data and weights, not names
+    keyed = {k: v for k, v in spec.items() if k != 'gradient_checkpointing'}   # the same weights with or without
+    key = training_key(keyed, dataset, train_split, seed, VERSION)   # content of data and weights, not names
     final = cache_dir('models', 'trained-colbert') / key
     if not (final / 'knowacq.json').exists():
         started = time.time()
@@ -198,17 +218,18 @@ def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, 
                                      doc_maxlen=spec['doc_maxlen'])
         model.name = f'colbert:{spec["init"] or spec["backbone"]}:{dataset.name}:{train_split}'
         groups, n_split, teacher = _groups(spec, dataset, train_split, seed)
-        texts, extra = dataset._texts, {}
-        for g in groups:
-            extra.update(g.texts or {})
-        task = ColBERTTask(model, groups, lambda d: texts[d] if d in texts else extra[d], negatives=spec['negatives'],
+        from .training.dense import group_texts_of
+        task = ColBERTTask(model, groups, texts_of=group_texts_of(dataset.get_texts, groups), negatives=spec['negatives'],
                            queries_per_batch=spec['queries_per_batch'], loss=spec['loss'], loss_params=spec['loss_params'],
                            teacher=teacher, head_lr=spec['head_lr'], train_doc_maxlen=spec['train_doc_maxlen'], seed=seed)
         cfg = TrainConfig(lr=float(spec['lr']), weight_decay=float(spec['weight_decay']), warmup=float(spec['warmup']),
                           max_steps=int(spec['steps']) if spec['steps'] else None, epochs=spec['epochs'],
                           grad_accum=int(spec['grad_accum']), max_grad_norm=spec['max_grad_norm'], seed=seed,
                           checkpoint_every=int(spec['checkpoint_every']), progress=verbose, log_every=5,
-                          device='cpu' if not torch.cuda.is_available() else None)
+                          device='cpu' if not torch.cuda.is_available() else None,
+                          precision=spec.get('precision', 'auto'),
+                          gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
+                          micro_batch=spec.get('micro_batch', 'auto'))
         work = final.with_name(f'{key}.work')
         result = Trainer(task, cfg, work).train()
         with atomic_directory(final, overwrite=True) as tmp:

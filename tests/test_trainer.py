@@ -137,3 +137,68 @@ def test_wrong_architecture_checkpoint(tmp_path):
     other.model = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 1))
     with pytest.raises(KnowacqError, match='does not fit this model'):
         Trainer(other, cfg(), tmp_path).train()
+
+
+# -- lazy batches: light specs per epoch, passage texts looked up per batch (one call), resume on the same batch
+TEXTS = {f'd{i}': f'passage number {i} about ' + ('cats' if i % 2 else 'dogs') for i in range(20)}
+
+
+def ce_task(lookups, seed=0, single=False):
+    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
+    from pyterrier_knowacq.training.examples import Group
+    groups = [Group(f'q{i}', 'cats' if i % 2 else 'dogs', [f'd{i}'], [f'd{(i + 1) % 20}', f'd{(i + 3) % 20}'])
+              for i in range(12)]
+    ce = CrossEncoder.new('tiny-bert', pooling='mean', seed=seed)
+
+    def texts_of(docnos):
+        lookups.append(list(docnos))
+        return [TEXTS[d] for d in docnos]
+
+    def text_of(docno):                     # the older single-docno form, wrapped by the task
+        lookups.append([docno])
+        return TEXTS[docno]
+    kw = {'texts_of': texts_of} if not single else {}
+    return CrossEncoderTask(ce, 'lce', groups, text_of if single else None, group_size=3, queries_per_batch=2,
+                            max_length=32, seed=3, **kw)
+
+
+def test_batches_are_light_and_texts_are_fetched_per_batch(tmp_path):
+    lookups = []
+    task = ce_task(lookups)
+    batches = task.batches(0, 0, 1)
+    assert len(batches) == 6 and not lookups                        # an epoch's batches need no text
+    for batch in batches:
+        for qid, query, docnos, target, index in batch:
+            assert qid.startswith('q') and set(docnos) <= set(TEXTS) and len(target) == 3
+    res = Trainer(task, cfg(max_steps=4, grad_accum=2, checkpoint_every=0, lr=1e-3), tmp_path).train()
+    assert res.steps == 4
+    assert len(lookups) == 8                                         # 4 steps x 2 batches: one lookup each
+    epoch0 = [[d for item in b for d in item[2]] for b in batches]
+    assert lookups[:6] == epoch0                                     # in batch order, the batch's docnos at once
+    single = []
+    old = ce_task(single, single=True)
+    assert old.loss(old.model, old.batches(0, 0, 1)[0])[0].isfinite()
+    assert len(single) == 6                                           # text_of still works, one docno at a time
+
+
+def test_cross_encoder_resume_lands_on_the_same_batch(tmp_path):
+    ref = ce_task([])
+    full = Trainer(ref, cfg(max_steps=5, grad_accum=2, checkpoint_every=2, lr=1e-3), tmp_path / 'a').train()
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, step, logs):
+        if step == 3:
+            raise Killed()
+    with pytest.raises(Killed):
+        Trainer(ce_task([]), cfg(max_steps=5, grad_accum=2, checkpoint_every=2, lr=1e-3), tmp_path / 'b', callbacks=[kill]).train()
+    lookups = []
+    resumed = ce_task(lookups, seed=5)
+    res = Trainer(resumed, cfg(max_steps=5, grad_accum=2, checkpoint_every=2, lr=1e-3), tmp_path / 'b').train()
+    assert res.steps == 5 and len(lookups) == 6                     # steps 3..5 only, two batches each
+    a, b = weights(ref), weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h['loss'] for h in full.history] == [h['loss'] for h in res.history]

@@ -17,14 +17,19 @@ Spec (a ``models:`` entry with ``kind: bi-encoder`` in an experiment YAML)::
     steps: 100                   # or epochs
     validation: {queries: 10, run: bm25, depth: 30}   # optional: carved from the TRAINING split; best checkpoint kept
     eval_every: 25               # validation interval in steps (default: a quarter of the steps)
-    lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [q_proj, v_proj]}   # optional (decoders), needs peft
+    lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [q_proj, v_proj], save: merged}   # optional, needs peft
+                                 # save: merged (plain weights, default) | adapter (the LoRA weights only, small)
+    precision: auto              # auto (bf16 autocast on a capable GPU, fp32 elsewhere) | fp32 | bf16 (GPU only)
+    gradient_checkpointing: false   # true: recompute activations in the backward pass (less memory, slower)
+    micro_batch: auto            # queries per forward pass: auto (fit the GPU; CPU: queries_per_batch) | N
 
 ``run: bm25`` uses the dataset's shipped BM25 run when it has one, else PISA BM25 over its corpus. With
 ``validation:``, ``queries`` judged queries of the training split are held out of the training groups (seeded
 carve); every ``eval_every`` steps the model re-ranks their ``run`` top-``depth`` and the checkpoint with the best
 nDCG@10 is kept (``training.json`` records the held-out ids, the best value and which checkpoint was selected).
 The trained model is cached by a hash of (spec, dataset, split, seed); the returned folder loads with
-``BiEncoder.from_pretrained(folder)`` and ``FlexIndex``.
+``BiEncoder.from_pretrained(folder)`` and ``FlexIndex``. Training reads passage texts per batch
+(``dataset.get_texts``), never the whole corpus.
 
 Example::
 
@@ -51,7 +56,10 @@ __all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_sp
 DENSE_KEYS = {'kind', 'backbone', 'query_backbone', 'shared', 'pooling', 'temperature', 'normalize', 'max_length',
               'query_max_length', 'queries_per_batch', 'negatives', 'data', 'lr', 'steps', 'epochs', 'warmup',
               'weight_decay', 'grad_accum', 'max_grad_norm', 'lora', 'checkpoint_every', 'description',
-              'validation', 'eval_every'}
+              'validation', 'eval_every', 'precision', 'gradient_checkpointing', 'micro_batch'}
+#: spec keys that do not change the trained weights (left out of the cache key)
+RESULT_NEUTRAL_KEYS = {'gradient_checkpointing'}
+LORA_SAVES = ('merged', 'adapter')
 DATA_KEYS = {'run', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth', 'max_queries'}
 VALIDATION_KEYS = {'queries', 'run', 'depth'}
 VERSION = 1
@@ -84,6 +92,16 @@ def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         raise KnowacqError(f'eval_every must be a whole number of steps >= 1, got {spec["eval_every"]!r}')
     if spec.get('eval_every') and not val:
         raise KnowacqError('eval_every needs `validation: {queries: N, run: bm25, depth: D}` (nothing to evaluate)')
+    lora = spec.get('lora')
+    if lora and (not isinstance(lora, dict) or lora.get('save', 'merged') not in LORA_SAVES):
+        raise KnowacqError(f'lora must be a mapping such as {{r: 8, alpha: 16, save: merged}} with save one of '
+                           f'{list(LORA_SAVES)}, got {lora!r}')
+    from .trainer import PRECISIONS
+    if spec.get('precision', 'auto') not in PRECISIONS:
+        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
+    mb = spec.get('micro_batch', 'auto')
+    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
+        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
     return spec
 
 
@@ -105,19 +123,67 @@ class DualEncoder(torch.nn.Module):
         return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
 
 
+def docnos_with_text(dataset, docnos, chunk: int = 2048) -> set:
+    """The docnos among ``docnos`` whose text ``dataset.get_texts`` finds (batched lookups; no text is kept)."""
+    docnos = list(dict.fromkeys(str(d) for d in docnos))
+    known = set()
+    for i in range(0, len(docnos), chunk):
+        part = docnos[i:i + chunk]
+        try:
+            dataset.get_texts(part)
+            known.update(part)
+        except Exception:       # some docno has no text (KnowacqError, a docstore's KeyError): find which
+            for d in part:
+                try:
+                    dataset.get_texts([d])
+                    known.add(d)
+                except Exception:
+                    pass
+    return known
+
+
+def group_texts_of(texts_of, groups):
+    """``texts_of(docnos)`` that serves the groups' own texts (e.g. MS MARCO train triples) and looks the rest up in
+    one batched call (e.g. ``dataset.get_texts``)."""
+    own: Dict[str, str] = {}
+    for g in groups:
+        own.update(getattr(g, 'texts', None) or {})
+    if not own:
+        return texts_of
+
+    def lookup(docnos):
+        out = [own.get(d) for d in docnos]
+        rest = [(i, d) for i, d in enumerate(docnos) if d not in own]
+        if rest:
+            for (i, _), t in zip(rest, texts_of([d for _, d in rest])):
+                out[i] = t
+        return out
+    return lookup
+
+
 class BiEncoderTask:
     """InfoNCE over ``[B queries] x [B * (1 + negatives) passages]``: each query's positive against every other
-    passage of the batch (its hard negatives and the other queries' passages)."""
+    passage of the batch (its hard negatives and the other queries' passages).
 
-    def __init__(self, bienc, groups, text_of, *, negatives: int = 3, queries_per_batch: int = 8,
-                 temperature: float = 0.05, seed: int = 42, validator=None):
+    Batches are ``(qid, query, docnos)`` lists; the passages of a batch are looked up with one ``texts_of(docnos)``
+    call (``text_of(docno)``, the older single-docno form, is wrapped). The BERT pooler, which the bi-encoder never
+    uses (it pools hidden states itself), is frozen. ``save_adapters``: a LoRA model is saved as its adapters only
+    (``adapter_model.safetensors``), else merged into plain weights."""
+
+    def __init__(self, bienc, groups, text_of=None, *, negatives: int = 3, queries_per_batch: int = 8,
+                 temperature: float = 0.05, seed: int = 42, validator=None, texts_of=None, save_adapters: bool = False):
         from .losses import get_loss
+        from .trainer import as_texts_of, freeze_pooler
         self.bienc = bienc
         self.model = DualEncoder(bienc.model, bienc.query_model, bienc.pooling_name, bienc.normalize)
+        for enc in (bienc.model, bienc.query_model):
+            if enc is not None:
+                freeze_pooler(enc)
         self.groups = list(groups)
         if not self.groups:
             raise KnowacqError('no training groups for the bi-encoder; check the qrels and the run')
-        self.text_of = text_of
+        self.texts_of = as_texts_of(text_of, texts_of)
+        self.save_adapters = bool(save_adapters)
         self.negatives = int(negatives)
         self.qpb = int(queries_per_batch)
         self.loss_fn = get_loss('infonce', tau=float(temperature))
@@ -139,7 +205,7 @@ class BiEncoderTask:
         queries = [query for _, query, _ in batch]
         docnos = [d for _, _, ds in batch for d in ds]
         q = self._encode(model, queries, 'query')
-        d = self._encode(model, [self.text_of(x) for x in docnos], 'doc')
+        d = self._encode(model, list(self.texts_of(docnos)), 'doc')          # one batched lookup
         scores = q @ d.T
         k = 1 + self.negatives
         targets = torch.arange(len(batch), device=scores.device) * k
@@ -160,6 +226,9 @@ class BiEncoderTask:
     def save(self, folder: Path) -> None:
         bienc = self.bienc
         model, qmodel = bienc.model, bienc.query_model
+        if self.save_adapters:                   # LoRA: the adapters only (PeftModel.save_pretrained)
+            bienc.save(folder)
+            return
         if hasattr(model, 'merge_and_unload'):   # LoRA: write plain merged weights
             bienc.model = copy.deepcopy(model).merge_and_unload()
         if qmodel is not None and hasattr(qmodel, 'merge_and_unload'):
@@ -206,7 +275,7 @@ def _groups(spec, dataset, split, seed, qids=None):
     topics, qrels = _judged_topics(dataset, split)
     depth = int(data.get('depth', 30))
     run = named_run(dataset, data.get('run', 'bm25'), split, topics, depth + 10)
-    known = set(dataset._texts)
+    known = docnos_with_text(dataset, set(run['docno'].astype(str)) | set(qrels['docno'].astype(str)))
     groups = ex.contrastive_groups(topics, qrels, run, depth=depth, rel_threshold=int(data.get('rel_threshold', 1)),
                                    neg_max_label=data.get('neg_max_label'), per_positive=bool(data.get('per_positive', False)),
                                    qids=qids, known_docnos=known)
@@ -232,9 +301,8 @@ def _validation(spec, dataset, split, seed):
     depth = int(val.get('depth', 30))
     held = topics[topics['qid'].astype(str).isin(val_qids)]
     run = named_run(dataset, val.get('run', 'bm25'), split, held, depth)
-    texts = dataset._texts
-    run = run[run['docno'].astype(str).isin(texts)]
-    return train_qids, val_qids, RerankValidator(held, qrels, run, texts.__getitem__, depth=depth)
+    run = run[run['docno'].astype(str).isin(docnos_with_text(dataset, run['docno']))]
+    return train_qids, val_qids, RerankValidator(held, qrels, run, texts_of=dataset.get_texts, depth=depth)
 
 
 def _apply_lora(model, lora: Dict[str, Any]):
@@ -305,19 +373,17 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
             spec['validation'] = {**val, 'queries': min(int(val['queries']), 3), 'depth': min(int(val.get('depth', 30)), 5)}
             spec['eval_every'] = 1
     from .cache_keys import training_key
-    key = training_key(spec, dataset, train_split, seed, VERSION)   # content of data and weights, not names
+    keyed = {k: v for k, v in spec.items() if k not in RESULT_NEUTRAL_KEYS}
+    key = training_key(keyed, dataset, train_split, seed, VERSION)   # content of data and weights, not names
     final = cache_dir('models', 'trained-dense') / key
     if not (final / 'knowacq.json').exists():
         bienc = build_biencoder(spec, seed)
         train_qids, val_qids, validator = _validation(spec, dataset, train_split, seed)
         groups = _groups(spec, dataset, train_split, seed, qids=train_qids)
-        texts = dataset._texts
-        extra = {}
-        for g in groups:
-            extra.update(g.texts or {})
-        task = BiEncoderTask(bienc, groups, lambda d: texts[d] if d in texts else extra[d],
+        task = BiEncoderTask(bienc, groups, texts_of=group_texts_of(dataset.get_texts, groups),
                              negatives=int(spec.get('negatives', 3)), queries_per_batch=int(spec.get('queries_per_batch', 8)),
-                             temperature=float(spec.get('temperature', 0.05)), seed=seed, validator=validator)
+                             temperature=float(spec.get('temperature', 0.05)), seed=seed, validator=validator,
+                             save_adapters=(spec.get('lora') or {}).get('save', 'merged') == 'adapter')
         steps = spec.get('steps')
         every = int(spec.get('eval_every') or max(1, int(steps or 100) // 4)) if validator is not None else 0
         cfg = TrainConfig(lr=float(spec.get('lr', 2e-5)), weight_decay=float(spec.get('weight_decay', 0.01)),
@@ -325,7 +391,10 @@ def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str]
                           epochs=spec.get('epochs'), grad_accum=int(spec.get('grad_accum', 1)),
                           max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
                           checkpoint_every=int(spec.get('checkpoint_every', 50)), progress=verbose, log_every=5,
-                          device='cpu' if not torch.cuda.is_available() else None)
+                          device='cpu' if not torch.cuda.is_available() else None,
+                          precision=spec.get('precision', 'auto'),
+                          gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
+                          micro_batch=spec.get('micro_batch', 'auto'))
         yardsticks = {}   # what the kept checkpoint is compared with, on the same validation queries
         if validator is not None:
             task.model.eval()   # (the trainer switches it back to training mode)

@@ -2,19 +2,35 @@
 
 A *task* says what to train; the :class:`Trainer` does the rest (AdamW, warm-up + linear decay, gradient
 accumulation, clipping, validation with the best checkpoint kept, resumable safetensors checkpoints, NaN/inf guard,
-progress bar, DDP under ``torchrun``).
+progress bar, DDP under ``torchrun``, bf16 autocast on capable GPUs, gradient checkpointing, micro-batches sized to
+the device).
 
 The task protocol (duck-typed; see :class:`TrainingTask`):
 
 * ``model``: the ``nn.Module`` to train (the trainer moves it to the device and may wrap it in DDP);
-* ``batches(epoch, rank, world_size) -> list``: the micro-batches of one epoch, **deterministic** for a given epoch
-  (seed an RNG with ``seed + epoch``) and already sharded for ``rank`` of ``world_size``. Resuming replays the epoch
-  and skips the batches already consumed, so no iterator state needs saving;
-* ``loss(model, batch) -> (loss tensor, logs dict)``: ``model`` may be the DDP wrapper: call it, don't reach inside;
+* ``batches(epoch, rank, world_size) -> list``: the batches of one epoch as **light specs** (query ids, query texts,
+  docnos, targets; no passage texts), **deterministic** for a given epoch (seed an RNG with ``seed + epoch``) and
+  already sharded for ``rank`` of ``world_size``. The steps of an epoch are counted from this list, so it must be
+  cheap; resuming replays the epoch and skips the batches already consumed, so no iterator state needs saving.
+  A batch that is a ``list`` of per-query items can be split into micro-batches (``micro_batch``);
+* ``loss(model, batch) -> (loss tensor, logs dict)``: fetches the batch's passage texts (one batched
+  ``texts_of(docnos) -> texts`` call, see :func:`as_texts_of`) and computes the loss. ``model`` may be the DDP
+  wrapper: call it, don't reach inside. The loss must be a mean over the batch's queries (micro-batches are weighted
+  by their share of the batch);
 * ``save(folder)``: write the model in its own format (safetensors) into an existing empty folder;
 * optional ``validate(model) -> dict`` (e.g. ``{'nDCG@10': 0.61}``), called on rank 0 every ``eval_every`` steps;
 * optional ``param_groups(model, config) -> list`` (e.g. a larger learning rate for a fresh head);
-* optional ``batch_ids(batch) -> list`` (query ids, named in the NaN error message).
+* optional ``batch_ids(batch) -> list`` (query ids, named in the NaN error message);
+* optional ``split_batch(batch, parts) -> list`` for batches that are not lists.
+
+Parameters that take no part in the loss must be frozen (``requires_grad=False``): tasks freeze what their model
+family never uses (e.g. the BERT pooler when the model pools hidden states itself), and under DDP the trainer checks
+with one probe step (:func:`freeze_unused_parameters`) and freezes whatever else got no gradient, on every rank
+alike, so DDP runs without ``find_unused_parameters``. Micro-batches before the last of each step run under
+``DDP.no_sync()``.
+
+Models with LoRA adapters (peft) are checkpointed adapter-only: ``model.safetensors`` holds the trainable weights
+(and ``optimizer.safetensors`` their AdamW state), never the frozen base; resuming checks the base is the same.
 
 Output folder layout::
 
@@ -31,21 +47,29 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 
 import numpy as np
 import torch
 
 from .._util import KnowacqError, atomic_directory, atomic_write_json
 
-__all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'TrainingTask', 'seed_everything']
+__all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'TrainingTask', 'seed_everything', 'as_texts_of',
+           'resolve_precision', 'enable_gradient_checkpointing', 'freeze_unused_parameters', 'freeze_pooler',
+           'has_adapters', 'preserved_rng', 'PRECISIONS']
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ('auto', 'fp32', 'bf16')
 
 
 class TrainingTask(Protocol):
@@ -58,12 +82,161 @@ class TrainingTask(Protocol):
     def save(self, folder: Path) -> None: ...
 
 
+def as_texts_of(text_of: Optional[Callable[[str], str]] = None,
+                texts_of: Optional[Callable[[List[str]], List[str]]] = None) -> Callable[[List[str]], List[str]]:
+    """A batched lookup ``texts_of(docnos) -> texts``: ``texts_of`` itself, or a single-docno ``text_of`` wrapped.
+
+    Tasks fetch the passage texts of a batch with one call (``dataset.get_texts`` looks a whole batch up in the
+    docstore at once); an old ``text_of(docno)`` (e.g. ``dict.__getitem__``) still works through this adapter.
+    """
+    if texts_of is not None:
+        return texts_of
+    if text_of is None:
+        raise KnowacqError('a training task needs passage texts: give texts_of(docnos) -> texts (e.g. dataset.get_texts) '
+                           'or text_of(docno) -> text')
+    return lambda docnos: [text_of(d) for d in docnos]
+
+
+def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` on ``device``: ``torch.bfloat16`` or ``None`` (fp32).
+
+    ``auto`` is bf16 on a CUDA GPU that supports it and fp32 everywhere else; ``bf16`` elsewhere is an error (bf16 on a
+    CPU is hundreds of times slower than fp32).
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
+    capable = device.type == 'cuda' and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == 'bf16' and not capable:
+        raise KnowacqError(f'precision bf16 needs a CUDA GPU with bf16 support, but this run is on {device} (bf16 on a '
+                           'CPU is hundreds of times slower); set precision: auto or fp32')
+    if precision == 'bf16' or (precision == 'auto' and capable):
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def preserved_rng(device=None):
+    """Run a block without moving any RNG (torch, CUDA, Python, NumPy): probe and measurement steps leave the
+    training run bit-identical to one without them."""
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == 'cuda' else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def _hf_backbones(model) -> List[torch.nn.Module]:
+    from transformers import PreTrainedModel
+    out, covered = [], set()
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and getattr(m, 'supports_gradient_checkpointing', False) and id(m) not in covered:
+            out.append(m)
+            covered.update(id(x) for x in m.modules())
+    return out
+
+
+def enable_gradient_checkpointing(model) -> int:
+    """Turn on (non-reentrant) gradient checkpointing in every Hugging Face backbone inside ``model``; returns how
+    many. Non-reentrant: it works under DDP, with frozen embeddings (LoRA) and gives the same values as without."""
+    backbones = _hf_backbones(model)
+    if not backbones:
+        raise KnowacqError(f'gradient_checkpointing: no Hugging Face backbone in {type(model).__name__} supports it; '
+                           'set gradient_checkpointing: false')
+    for m in backbones:
+        kwargs = {'use_reentrant': False}
+        if hasattr(m, 'activation_checkpointing_enable'):     # transformers >= 5.x (the old name is deprecated)
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return len(backbones)
+
+
+def freeze_pooler(encoder) -> None:
+    """Freeze a BERT-style pooler (dense + tanh over [CLS]) of a model that pools hidden states itself: it takes no
+    part in the loss, and DDP refuses parameters that get no gradient."""
+    pooler = getattr(encoder, 'pooler', None)
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+
+
+def has_adapters(model) -> bool:
+    """True when ``model`` holds peft adapters (LoRA): checkpoints then keep the trainable weights only."""
+    return any(type(m).__module__.startswith('peft.') for m in model.modules())
+
+
+def freeze_unused_parameters(model, loss_of: Callable[[torch.nn.Module], torch.Tensor], *, device=None,
+                             world_size: int = 1) -> List[str]:
+    """Freeze the trainable parameters that get no gradient from one probe step; returns their names.
+
+    ``loss_of(model)`` computes a loss (e.g. ``task.loss(model, first_batch)[0]``). A parameter whose ``.grad`` stays
+    ``None`` after its backward is exactly what DDP calls "not used in producing loss". Under DDP the used-sets of all
+    ranks are combined (used anywhere = kept), so every rank freezes the same parameters. The probe moves no RNG and
+    leaves no gradient behind.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    saved = [p.grad for _, p in named]
+    for _, p in named:
+        p.grad = None
+    try:
+        with preserved_rng(device):
+            loss = loss_of(model)
+            loss.backward()
+        used = torch.tensor([p.grad is not None for _, p in named], dtype=torch.int32)
+    finally:
+        for (_, p), g in zip(named, saved):
+            p.grad = g
+    if world_size > 1:
+        import torch.distributed as dist
+        used = used.to(named[0][1].device)
+        dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        used = used.cpu()
+    frozen = []
+    for (n, p), u in zip(named, used.tolist()):
+        if not u:
+            p.requires_grad_(False)
+            frozen.append(n)
+    return frozen
+
+
+def _frozen_digest(model) -> List[float]:
+    """``[count, sum, sum of |x|]`` over the frozen parameters: a cheap check that a resumed adapter-only checkpoint
+    sits on the same base weights."""
+    n, s, a = 0, 0.0, 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.requires_grad:
+                n += p.numel()
+                s += float(torch.sum(p, dtype=torch.float64))
+                a += float(torch.sum(p.abs(), dtype=torch.float64))
+    return [n, s, a]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings. ``warmup`` < 1 is a ratio of the total steps, >= 1 a number of steps.
 
-    One *step* is one optimiser update, i.e. ``grad_accum`` micro-batches. Give ``max_steps`` or ``epochs``
+    One *step* is one optimiser update, i.e. ``grad_accum`` batches of the task. Give ``max_steps`` or ``epochs``
     (an epoch = ``len(task.batches(...)) // grad_accum`` steps); with both, the smaller wins.
+
+    ``precision``: ``auto`` (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere), ``fp32`` or ``bf16``
+    (CUDA only). ``gradient_checkpointing``: recompute activations in the backward pass (less memory, ~30% slower).
+    ``micro_batch``: queries per forward pass. ``auto`` keeps the task's batch on a CPU and, on a GPU, splits it into
+    the largest micro-batches that fit the device (measured, see :mod:`.memory`); a number N splits each batch into
+    micro-batches of at most N queries. The effective batch per step is unchanged (gradients are accumulated), but
+    in-batch negatives (bi-encoders, ColBERT) come from the micro-batch only.
     """
     lr: float = 2e-5
     weight_decay: float = 0.01
@@ -81,6 +254,9 @@ class TrainConfig:
     progress: bool = True
     device: Optional[str] = None
     find_unused_parameters: bool = False
+    precision: str = 'auto'
+    gradient_checkpointing: bool = False
+    micro_batch: Union[str, int, None] = 'auto'
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
@@ -95,6 +271,13 @@ class TrainConfig:
             raise KnowacqError('TrainConfig needs max_steps or epochs')
         if self.lr <= 0 or self.grad_accum < 1:
             raise KnowacqError(f'bad TrainConfig: lr={self.lr}, grad_accum={self.grad_accum}; lr > 0 and grad_accum >= 1')
+        if self.precision not in PRECISIONS:
+            raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {self.precision!r}')
+        mb = self.micro_batch
+        if mb is None:
+            self.micro_batch = 'auto'
+        elif not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
+            raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
 
 
 @dataclass
@@ -214,8 +397,13 @@ class Trainer:
             return
         from safetensors.torch import save_file
         tensors, meta = _flatten_optimizer(opt.state_dict())
+        if self._adapters:      # LoRA: the trainable weights only, never the frozen base
+            weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            state = {**state, 'adapter_only': True, 'frozen_digest': self._frozen_digest}
+        else:
+            weights = model.state_dict()
         with atomic_directory(self.checkpoint_dir, overwrite=True) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / 'model.safetensors'))
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / 'model.safetensors'))
             save_file(tensors, str(tmp / 'optimizer.safetensors'))
             rng = {'torch': torch.get_rng_state()}
             if torch.cuda.is_available():
@@ -234,13 +422,30 @@ class Trainer:
         folder = self.checkpoint_dir
         state = json.loads((folder / 'state.json').read_text())
         weights = load_file(str(folder / 'model.safetensors'))
+        if bool(state.get('adapter_only')) != self._adapters:
+            raise KnowacqError(f'the checkpoint in {folder} was written {"with" if state.get("adapter_only") else "without"} '
+                               'LoRA adapters and this model is not; delete that folder or train into a new output_dir')
         try:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
+            if self._adapters:
+                params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+                missing = sorted(set(params) - set(weights))
+                unexpected = sorted(set(weights) - set(params))
+                if not missing and not unexpected:
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            p.copy_(weights[n])
+            else:
+                missing, unexpected = model.load_state_dict(weights, strict=False)
         except RuntimeError as e:           # same names, other shapes
             missing, unexpected = [str(e).splitlines()[-1].strip()], []
         if missing or unexpected:
             raise KnowacqError(f'the checkpoint in {folder} does not fit this model (missing {list(missing)[:3]}, '
                                f'unexpected {list(unexpected)[:3]}); delete that folder or train into a new output_dir')
+        if self._adapters:
+            old, new = state.get('frozen_digest'), self._frozen_digest
+            if old is None or old[0] != new[0] or any(abs(a - b) > 1e-6 * max(1.0, abs(a)) for a, b in zip(old[1:], new[1:])):
+                raise KnowacqError(f'the adapter checkpoint in {folder} was trained on other base weights than this '
+                                   'model has; load the same backbone, or delete that folder to start again')
         opt.load_state_dict(_unflatten_optimizer(load_file(str(folder / 'optimizer.safetensors')), state['optimizer']))
         sched.load_state_dict(state['scheduler'])
         rng = load_file(str(folder / 'rng.safetensors'))
@@ -255,28 +460,86 @@ class Trainer:
         return state
 
     # -- the loop
+    def _split(self, batch) -> List[tuple]:
+        """``[(micro-batch, weight)]``: the batch cut into parts of at most ``self.micro_batch`` queries, each weighted
+        by its share of the batch (so the accumulated gradient is the whole batch's)."""
+        micro = self.micro_batch
+        if micro is None:
+            return [(batch, 1.0)]
+        if isinstance(batch, (list, tuple)):
+            n = len(batch)
+            if n <= micro:
+                return [(batch, 1.0)]
+            parts_n = -(-n // micro)
+            bounds = [round(i * n / parts_n) for i in range(parts_n + 1)]
+            parts = [batch[bounds[i]:bounds[i + 1]] for i in range(parts_n)]
+        elif hasattr(self.task, 'split_batch'):
+            parts = list(self.task.split_batch(batch, micro))
+        else:
+            raise KnowacqError(f'micro_batch {micro} needs batches that are lists of queries, but the task gives '
+                               f'{type(batch).__name__}; set micro_batch: auto or give the task split_batch()')
+        sizes = [len(q) if hasattr(q, '__len__') else 1 for q in parts]
+        return [(q, k / max(1, sum(sizes))) for q, k in zip(parts, sizes)]
+
+    def _resolve_micro_batch(self, model, first_batch) -> Optional[int]:
+        """Queries per forward pass (``None``: the task's whole batch)."""
+        cfg = self.config
+        size = len(first_batch) if isinstance(first_batch, (list, tuple)) else None
+        if cfg.micro_batch != 'auto':
+            micro = int(cfg.micro_batch)
+            return None if size is not None and micro >= size else micro
+        if self.device.type != 'cuda' or size is None or size <= 1:
+            return None                                     # CPU: the task's own batch
+        from .memory import device_budget, fit_micro_batch, measure_step_memory
+        measure = measure_step_memory(self.task, cfg, model=model, batch_sizes=(1, 2), dtype=self.dtype)
+        micro = fit_micro_batch(measure, device_budget(self.device), max_batch=size)
+        if self.world_size > 1:
+            import torch.distributed as dist
+            t = torch.tensor([micro], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)       # every rank runs the same number of forward passes
+            micro = int(t.item())
+        if micro < size and self.rank == 0:
+            log.info('micro_batch auto: %d of the %d queries per forward pass fit %s', micro, size, self.device)
+        return None if micro >= size else micro
+
     def train(self) -> TrainResult:
         cfg, task = self.config, self.task
         self.device = self._device()
+        self.dtype = resolve_precision(cfg.precision, self.device)   # before any work: bf16 on a CPU fails here
         self._init_distributed()
         seed_everything(cfg.seed)
         model = task.model.to(self.device)
         model.train()
-        train_model = model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                              find_unused_parameters=cfg.find_unused_parameters)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
 
         epoch_batches = {}
 
         def batches_of(epoch):
             if epoch not in epoch_batches:
                 epoch_batches.clear()
-                epoch_batches[epoch] = list(task.batches(epoch, self.rank, self.world_size))
+                epoch_batches[epoch] = list(task.batches(epoch, self.rank, self.world_size))   # light specs, no texts
                 if not epoch_batches[epoch]:
                     raise KnowacqError('the training task produced no batches; check the training examples')
             return epoch_batches[epoch]
+
+        self.micro_batch = self._resolve_micro_batch(model, batches_of(0)[0])
+        train_model = model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            if not cfg.find_unused_parameters:
+                probe = self._split(batches_of(0)[0])[0][0]
+
+                def probe_loss(m):
+                    with _autocast(self.device, self.dtype):
+                        return task.loss(m, probe)[0]
+                frozen = freeze_unused_parameters(model, probe_loss, device=self.device, world_size=self.world_size)
+                if frozen and self.rank == 0:
+                    log.warning('froze %d parameters that take no part in the loss (e.g. %s)', len(frozen), frozen[:3])
+            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                              find_unused_parameters=cfg.find_unused_parameters)
+        self._adapters = has_adapters(model)
+        self._frozen_digest = _frozen_digest(model) if self._adapters else None
 
         steps_per_epoch = max(1, len(batches_of(0)) // cfg.grad_accum)
         total = cfg.max_steps if cfg.max_steps is not None else None
@@ -301,6 +564,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             logs_acc: Dict[str, float] = {}
             loss_sum = 0.0
+            work = []                                   # (micro-batch, its share of its batch), in order
             for _ in range(cfg.grad_accum):
                 batches = batches_of(epoch)
                 if pos >= len(batches):
@@ -308,18 +572,24 @@ class Trainer:
                     batches = batches_of(epoch)
                 batch = batches[pos]
                 pos += 1
-                loss, logs = task.loss(train_model, batch)
-                if not torch.isfinite(loss).all():
-                    ids = task.batch_ids(batch) if hasattr(task, 'batch_ids') else '?'
-                    last = (f'the last good checkpoint is kept in {self.checkpoint_dir}'
-                            if self.checkpoint_dir.exists() else 'no checkpoint had been written yet')
-                    raise KnowacqError(f'training diverged: loss is {loss.item()} at step {step + 1} '
-                                       f'(batch query ids {ids}); {last}. Lower the learning rate, clip gradients '
-                                       '(max_grad_norm) or check the targets of these queries')
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
+                work.extend(self._split(batch))
+            for i, (part, share) in enumerate(work):
+                last = i == len(work) - 1
+                sync = train_model.no_sync() if train_model is not model and not last else contextlib.nullcontext()
+                with sync:
+                    with _autocast(self.device, self.dtype):
+                        loss, logs = task.loss(train_model, part)
+                    if not torch.isfinite(loss).all():
+                        ids = task.batch_ids(part) if hasattr(task, 'batch_ids') else '?'
+                        kept = (f'the last good checkpoint is kept in {self.checkpoint_dir}'
+                                if self.checkpoint_dir.exists() else 'no checkpoint had been written yet')
+                        raise KnowacqError(f'training diverged: loss is {loss.item()} at step {step + 1} '
+                                           f'(batch query ids {ids}); {kept}. Lower the learning rate, clip gradients '
+                                           '(max_grad_norm) or check the targets of these queries')
+                    (loss.float() * share / cfg.grad_accum).backward()
+                loss_sum += loss.item() * share / cfg.grad_accum
                 for k, v in (logs or {}).items():
-                    logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+                    logs_acc[k] = logs_acc.get(k, 0.0) + float(v) * share / cfg.grad_accum
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             opt.step()
