@@ -46,7 +46,7 @@ from ..first_stage import named_run
 __all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
 
 MODEL_KEYS = {'backbone', 'init', 'pooling', 'max_length', 'queries_per_batch', 'validation', 'stages', 'head_seed',
-              'freeze_layers'}
+              'freeze_layers', 'precision', 'gradient_checkpointing', 'micro_batch'}
 STAGE_KEYS = {'loss', 'loss_params', 'data', 'lr', 'head_lr', 'steps', 'epochs', 'warmup', 'weight_decay', 'grad_accum',
               'max_grad_norm', 'queries_per_batch', 'eval_every', 'checkpoint_every', 'keep_best'}
 DATA_KEYS = {'run', 'negatives', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth',
@@ -59,6 +59,12 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(spec, dict):
         raise KnowacqError(f'a model spec must be a mapping, got {type(spec).__name__}')
     check_keys(spec, MODEL_KEYS, 'unknown model spec keys')
+    from .trainer import PRECISIONS
+    if spec.get('precision', 'auto') not in PRECISIONS:
+        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
+    mb = spec.get('micro_batch', 'auto')
+    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
+        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
     if not spec.get('backbone') and not spec.get('init'):
         raise KnowacqError('a model spec needs `backbone:` (e.g. minilm-l6) or `init:` (a trained cross-encoder folder)')
     stages = spec.get('stages')
@@ -124,15 +130,15 @@ def model_key(spec: Dict[str, Any], n_stages: int, dataset, split: str, seed: in
     return training_key(prefix, dataset, split, seed, VERSION)
 
 
-def _validator(spec, dataset, split, val_qids, text_of):
+def _validator(spec, dataset, split, val_qids, texts_of):
     from .crossencoder_task import RerankValidator
     v = spec.get('validation') or {}
     if not val_qids:
         return None
     topics = dataset.get_topics(split)
     topics = topics[topics['qid'].astype(str).isin(val_qids)]
-    return RerankValidator(topics, dataset.get_qrels(split), named_run(dataset, v.get('run', 'bm25'), split), text_of,
-                           depth=int(v.get('depth', 30)))
+    return RerankValidator(topics, dataset.get_qrels(split), named_run(dataset, v.get('run', 'bm25'), split),
+                           depth=int(v.get('depth', 30)), texts_of=texts_of)
 
 
 def _freeze(model, n_layers):
@@ -200,37 +206,29 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
     from ..crossencoder import CrossEncoder
     from .crossencoder_task import CrossEncoderTask
     from .trainer import TrainConfig, Trainer
-    from ..datasets import IrdsDataset
-    if isinstance(dataset, IrdsDataset):      # millions of passages: look texts up lazily in the docstore
-        class _Lazy(dict):
-            def get(self, d, default=None):
-                try:
-                    return dataset.get_texts([d])[0]
-                except Exception:
-                    return default
-        texts, known = _Lazy(), None
-    else:
-        texts = dataset._texts
-        known = texts.keys()
-    extra_texts = {}
+    known = dataset.known_docnos()   # None for irds: too large to list, every docno is assumed to have text
     if init_folder is None:
         ce = CrossEncoder.new(spec['backbone'], pooling=spec.get('pooling', 'cls'), seed=int(spec.get('head_seed', seed)))
     else:
         ce = CrossEncoder.from_pretrained(str(init_folder))
     items, group_size, targets, select = _stage_items(stage, dataset, split, train_qids, seed, known, notes, verbose)
+    extra_texts = {}
     for it in items:
         extra_texts.update(getattr(it, 'texts', {}) or {})
 
-    def text_of(d):
-        t = texts.get(d)
-        return t if t is not None else extra_texts[d]
+    def texts_of(docnos):
+        """One batched corpus look-up per training batch; texts the groups carry (extra data) are served first."""
+        docnos = list(docnos)
+        rest = [d for d in docnos if d not in extra_texts]
+        found = dict(zip(rest, dataset.get_texts(rest))) if rest else {}
+        return [extra_texts[d] if d in extra_texts else found[d] for d in docnos]
     max_length = int(spec.get('max_length', 128))
     ce.max_length = max_length
     _freeze(ce.model, spec.get('freeze_layers'))
-    task = CrossEncoderTask(ce, stage['loss'], items, text_of, group_size=group_size,
+    task = CrossEncoderTask(ce, stage['loss'], items, texts_of=texts_of, group_size=group_size,
                             queries_per_batch=int(stage.get('queries_per_batch', spec.get('queries_per_batch', 4))),
                             max_length=max_length, seed=seed, targets=targets, select=select,
-                            head_lr=stage.get('head_lr'), validator=_validator(spec, dataset, split, val_qids, text_of),
+                            head_lr=stage.get('head_lr'), validator=_validator(spec, dataset, split, val_qids, texts_of),
                             loss_params=stage.get('loss_params'))
     steps = stage.get('steps')
     every = int(stage.get('eval_every', max(1, int(steps or 100) // 4))) if task.validator is not None else 0
@@ -239,7 +237,9 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
                       epochs=stage.get('epochs'), grad_accum=int(stage.get('grad_accum', 1)),
                       max_grad_norm=stage.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
                       keep_best=bool(stage.get('keep_best', True)), checkpoint_every=int(stage.get('checkpoint_every', 50)),
-                      progress=verbose, log_every=10)
+                      progress=verbose, log_every=10, precision=str(spec.get('precision', 'auto')),
+                      gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
+                      micro_batch=spec.get('micro_batch', 'auto'))
     # the first stage and the untrained starting point on the same validation queries: the yardsticks a recipe is
     # selected against (never the test fold)
     yardsticks = {}
