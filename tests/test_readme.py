@@ -62,6 +62,45 @@ def test_shell_blocks_name_real_targets_and_commands(code):
                     assert not e or e in declared, f'README installs extra {e!r}, setup.cfg declares {sorted(declared)}'
 
 
+def _small_msmarco(root: Path, n_queries: int = 4):
+    """The embedded DL19 slice cut to a few judged queries, their BM25 top 100 and judged passages (same layout)."""
+    from pyterrier_knowacq.datasets import MsMarcoPassage, get_dataset
+    full = get_dataset('msmarco-passage')
+    qrels = full.get_qrels('dl19')
+    topics = full.get_topics('dl19')
+    topics = topics[topics.qid.isin(set(qrels.qid))].head(n_queries)
+    keep = set(topics.qid)
+    run = full.get_run('bm25', 'dl19')
+    run, qrels = run[run.qid.isin(keep)], qrels[qrels.qid.isin(keep)]
+    for sub in ('queries', 'qrels', 'runs/first-stage', 'collection'):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / 'queries' / 'dl19.tsv').write_text(''.join(f'{q}\t{t}\n' for q, t in zip(topics.qid, topics['query'])))
+    (root / 'qrels' / 'dl19.qrels').write_text(''.join(f'{q} 0 {d} {l}\n' for q, d, l in qrels[['qid', 'docno', 'label']].values))
+    (root / 'runs' / 'first-stage' / 'bm25.dl19.top100.trec').write_text(
+        ''.join(f'{q} Q0 {d} {r + 1} {s} bm25\n' for q, d, r, s in run[['qid', 'docno', 'rank', 'score']].values))
+    docnos = sorted(set(run.docno) | set(qrels.docno))   # (the slice lacks the text of some judged passages)
+    (root / 'collection' / 'passages.tsv').write_text(
+        ''.join(f'{d}\t{t}\n' for d, t in zip(docnos, full.find_texts(docnos)) if t is not None))
+    (root / 'PROVENANCE.md').write_text('A few DL19 queries of the embedded slice (README test).\n')
+    ds = MsMarcoPassage(root)
+    ds.splits = ('dl19',)
+    return ds
+
+
+@pytest.mark.parametrize('code', _blocks('python'))
+def test_python_blocks_run_on_a_small_corpus(code, tmp_path, cache, monkeypatch, capsys):
+    """The README's Python runs as written, with `msmarco-passage` served by a four-query cut of it (the whole slice
+    is the slow test below)."""
+    import pyterrier_knowacq.datasets as datasets
+    monkeypatch.setitem(datasets._CACHE, ('msmarco-passage', None), _small_msmarco(tmp_path / 'small'))
+    monkeypatch.chdir(tmp_path)
+    scope = {'__name__': '__readme__'}
+    exec(compile(code, 'README.md', 'exec'), scope)
+    assert 'MiniLM dense' in capsys.readouterr().out
+    res = scope['res'].set_index('name')
+    assert res.loc['MiniLM dense', 'nDCG@10'] > 0 and res.loc['BM25 >> MiniLM', 'nDCG@10'] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('code', _blocks('python'))
 def test_python_blocks_run(code, tmp_path, cache):
