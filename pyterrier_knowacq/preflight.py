@@ -208,6 +208,8 @@ class _Pass:
             kind = 'run' if stage else 'run (nor a file)'
             self.add(f'{what}: dataset {dataset.name!r} has no {kind} {name!r}{hint}; its runs: {names or "none"}', at)
             return
+        if base in getattr(dataset, 'generated_runs', ()):
+            return   # built on first use (a synthetic dataset's teacher): the preflight builds nothing
         for s in found:   # the run files themselves (small: the embedded slice's runs), each read once
             ref = (id(dataset), name, s)
             if ref not in self.runs:
@@ -258,6 +260,9 @@ class _Pass:
         if kind == 'cross-encoder' and isinstance(checked, dict):
             checked.pop('kind', None)
         try:
+            if isinstance(checked, dict):   # `processes: N` belongs to the launcher, not to the family's spec
+                from .training.launch import pop_processes
+                checked, _ = pop_processes(checked)
             getattr(importlib.import_module(module), fn_name)(checked)
             return
         except KnowacqError as e:

@@ -47,7 +47,10 @@ def training_key(spec: Dict[str, Any], dataset, split, seed: int, version: int) 
     weights = {f: model_fingerprint(str(spec[f])) for f in MODEL_FIELDS if spec.get(f)}
     files: Dict[str, str] = {}
     _file_digests(spec, files)
+    import os
+    world = int(os.environ.get('WORLD_SIZE', '1') or 1)   # DDP shards the data: another model than one process
     blob = json.dumps({'v': version, 'spec': spec, 'dataset': dataset.id, 'data': dataset.fingerprint(),
-                       'split': split, 'seed': seed, 'weights': weights, 'files': files},
+                       'split': split, 'seed': seed, 'weights': weights, 'files': files,
+                       **({'world_size': world} if world > 1 else {})},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
