@@ -12,6 +12,10 @@ Example::
     index.index(model.doc_encoder()(corpus_frame))           # or: (model >> index.indexer()).index(corpus_iter)
     retriever = model.query_encoder() >> index.retriever()
     reranker = bm25 >> dataset.text_loader() >> model.scorer()
+
+The family contract (:mod:`pyterrier_knowacq._artifact`): ``BiEncoder.new(backbone)``,
+``BiEncoder.from_pretrained(path_or_id)`` (= ``BiEncoder(path)``, what ``pt.Artifact.load`` calls), ``model.save(path)``,
+``model.scorer()``, ``model.query_encoder()`` and ``model.doc_encoder()``.
 """
 from __future__ import annotations
 
@@ -27,10 +31,11 @@ import torch
 from pyterrier_dr.biencoder import BiDocEncoder, BiQueryEncoder, BiScorer
 from torch import nn
 
+from ._artifact import ModelArtifact, describe_config, is_path
 from ._batching import default_device, distinct, pad_batch, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
-from .backbones import (dpr_role, is_decoder_config, load_pretrained_encoder, load_tokenizer, paired_query_encoder,
-                        resolve_model)
+from .backbones import (dpr_role, is_decoder_config, load_encoder, load_pretrained_encoder, load_tokenizer,
+                        paired_query_encoder, resolve_model)
 from .packed import last_hidden_state
 from .pooling import get_pooling
 
@@ -76,29 +81,53 @@ def _dpr_query_model(name, path) -> Optional[str]:
     return None
 
 
-class BiEncoder(pyterrier_dr.BiEncoder):
+class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
     """A dense bi-encoder: one (or two, DPR-style) transformer encoders + a pooling.
 
     Args:
-        model: the document encoder (``AutoModel``), also used for queries unless ``query_model`` is given.
-        tokenizer: its tokenizer.
-        pooling: ``cls``, ``mean`` or ``last`` (see :mod:`pyterrier_knowacq.pooling`).
+        model: the document encoder (``AutoModel``), also used for queries unless ``query_model`` is given; or a
+            folder / hub id (``BiEncoder(path, ...)`` is ``BiEncoder.from_pretrained(path, ...)``, what
+            ``pt.Artifact.load`` calls; settings left ``None`` then come from the folder).
+        tokenizer: its tokenizer (``None`` with a path).
+        pooling: ``cls`` (the default), ``mean`` or ``last`` (see :mod:`pyterrier_knowacq.pooling`).
         query_model: a separate query encoder (DPR), or ``None`` for a shared encoder.
-        normalize: L2-normalise the vectors (cosine similarity through the dot product).
+        normalize: L2-normalise the vectors (cosine similarity through the dot product); default off.
         name: where the model came from (for ``repr`` and equality).
-        max_length: token limit for documents (queries: ``query_max_length``).
+        max_length: token limit for documents, default 256 (queries: ``query_max_length``, default 64).
         append_eos: add the EOS token to every text (decoders pooled by their last token, as RepLLaMA).
         query_prefix, doc_prefix: strings put before queries/documents (e.g. ``"query: "``).
         dedup: the scorer and doc encoder encode each distinct document text once per call (``False``: every row,
             the same vectors to float rounding). Queries are always encoded once each, as in pyterrier-dr.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, pooling: str = 'cls', query_model: Optional[nn.Module] = None,
-                 normalize: bool = False, name: str = '<in-memory>', batch_size: int = 32, max_length: int = 256,
-                 query_max_length: int = 64, append_eos: Optional[bool] = None, query_prefix: str = '',
-                 doc_prefix: str = '', text_field: str = 'text', verbose: bool = False, device=None,
-                 dedup: bool = True):
-        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose)
+    ARTIFACT_TYPE = 'bi_encoder'
+
+    def __init__(self, model: nn.Module, tokenizer=None, pooling: Optional[str] = None,
+                 query_model: Optional[nn.Module] = None, normalize: Optional[bool] = None, name: str = '<in-memory>',
+                 batch_size: int = 32, max_length: Optional[int] = None, query_max_length: Optional[int] = None,
+                 append_eos: Optional[bool] = None, query_prefix: Optional[str] = None, doc_prefix: Optional[str] = None,
+                 text_field: str = 'text', verbose: bool = False, device=None, dedup: bool = True):
+        if is_path(model):
+            if tokenizer is not None:
+                raise KnowacqError('BiEncoder(path) loads the tokenizer from the folder; pass no tokenizer with a path')
+            settings = {k: v for k, v in (('max_length', max_length), ('query_max_length', query_max_length),
+                                          ('append_eos', append_eos), ('query_prefix', query_prefix),
+                                          ('doc_prefix', doc_prefix)) if v is not None}
+            self._adopt(type(self).from_pretrained(model, pooling=pooling, query_model=query_model, normalize=normalize,
+                                                   batch_size=batch_size, text_field=text_field, verbose=verbose,
+                                                   device=device, dedup=dedup, **settings))
+            return
+        if tokenizer is None:
+            raise KnowacqError('BiEncoder(model, tokenizer) needs the tokenizer of an in-memory model; or load a folder '
+                               'with BiEncoder(path) / BiEncoder.from_pretrained(path)')
+        pooling = pooling or 'cls'
+        normalize = bool(normalize)
+        max_length = 256 if max_length is None else max_length
+        query_max_length = 64 if query_max_length is None else query_max_length
+        query_prefix, doc_prefix = query_prefix or '', doc_prefix or ''
+        pyterrier_dr.BiEncoder.__init__(self, batch_size=batch_size, text_field=text_field, verbose=verbose)
+        self._set_artifact_path(None)
+        self.backbone = str(name)
         self.dedup = bool(dedup)
         decoder = is_decoder_config(model.config)
         if pooling == 'cls' and decoder:
@@ -120,6 +149,24 @@ class BiEncoder(pyterrier_dr.BiEncoder):
             if m is not None:
                 m.to(self.device).eval()
 
+    # -- construction and IO (the family contract)
+    @classmethod
+    def new(cls, backbone: str, pooling: Optional[str] = None, query_backbone: Optional[str] = None,
+            normalize: bool = False, **kwargs) -> 'BiEncoder':
+        """An untrained bi-encoder from a backbone name (the starting point of fine-tuning): every weight from the
+        backbone's checkpoint (:func:`~pyterrier_knowacq.backbones.load_encoder`), nothing new.
+
+        ``pooling`` defaults to ``cls`` for encoders and ``last`` for decoders; ``query_backbone`` gives queries their
+        own encoder (DPR-style), else queries and documents share one.
+        """
+        model, tokenizer = load_encoder(backbone, dtype=torch.float32)
+        qmodel = load_encoder(query_backbone, dtype=torch.float32)[0] if query_backbone else None
+        if pooling is None:
+            pooling = 'last' if is_decoder_config(model.config) else 'cls'
+        bienc = cls(model, tokenizer, pooling=pooling, query_model=qmodel, normalize=normalize, name=str(backbone),
+                    **kwargs)
+        return bienc
+
     @classmethod
     def from_pretrained(cls, name: str, pooling: Optional[str] = None, query_model: Optional[str] = None,
                         normalize: Optional[bool] = None, **kwargs) -> 'BiEncoder':
@@ -138,6 +185,10 @@ class BiEncoder(pyterrier_dr.BiEncoder):
         path = resolve_model(name)
         meta_file = Path(path) / META
         st_pool, st_norm = (None, False)
+        # the folder reproduces this model only when no argument changed what it encodes
+        overridden = any(v is not None for v in (pooling, query_model, normalize)) or \
+            any(k in kwargs for k in ('max_length', 'query_max_length', 'append_eos', 'query_prefix', 'doc_prefix'))
+        backbone = None
         if meta_file.exists():
             meta = json.loads(meta_file.read_text())
             if meta.get('kind') != 'bi-encoder':
@@ -149,19 +200,26 @@ class BiEncoder(pyterrier_dr.BiEncoder):
                     kwargs[key] = meta[key]
             if meta.get('query_model') and query_model is None:
                 query_model = str(Path(path) / meta['query_model'])
+            backbone = meta.get('backbone')
         elif Path(path).is_dir():
             st_pool, st_norm = _sentence_transformers_pooling(Path(path))
         if query_model is None:
             query_model = _dpr_query_model(name, path)
+            overridden = overridden or query_model is not None   # a DPR pair: the question encoder lives elsewhere
         model = load_pretrained_encoder(path, name, dtype=torch.float32)
         if pooling is None:
             pooling = st_pool or ('last' if is_decoder_config(model.config) else 'cls')
         normalize = st_norm if normalize is None else normalize
         qmodel = load_pretrained_encoder(resolve_model(query_model), query_model, dtype=torch.float32) if query_model else None
-        return cls(model, load_tokenizer(name), pooling=pooling, query_model=qmodel, normalize=normalize, name=str(name), **kwargs)
+        bienc = cls(model, load_tokenizer(name), pooling=pooling, query_model=qmodel, normalize=normalize, name=str(name),
+                    **kwargs)
+        bienc.backbone = str(backbone or name)
+        bienc._set_artifact_path(None if overridden else path)
+        return bienc
 
     def save(self, folder) -> Path:
-        """Write the encoder(s) as safetensors with the tokenizer and ``knowacq.json``, atomically."""
+        """Write the encoder(s) as safetensors with the tokenizer, ``knowacq.json``, ``pt_meta.json`` (so
+        ``pt.Artifact.load`` finds it) and the model card ``README.md``, atomically; returns the folder."""
         folder = Path(folder)
         with atomic_directory(folder, overwrite=True) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
@@ -172,7 +230,15 @@ class BiEncoder(pyterrier_dr.BiEncoder):
                 'kind': 'bi-encoder', 'pooling': self.pooling_name, 'normalize': self.normalize,
                 'query_model': 'query' if self.query_model is not None else None, 'max_length': self.max_length,
                 'query_max_length': self.query_max_length, 'append_eos': self.append_eos,
-                'query_prefix': self.query_prefix, 'doc_prefix': self.doc_prefix})
+                'query_prefix': self.query_prefix, 'doc_prefix': self.doc_prefix, 'backbone': self.backbone})
+            self._write_artifact_files(tmp, {
+                'backbone': self.backbone, 'architecture': describe_config(self.model.config),
+                'settings': {'pooling': self.pooling_name, 'normalize': self.normalize,
+                             'query encoder': 'separate (query/)' if self.query_model is not None else 'shared',
+                             'max_length (document tokens)': self.max_length,
+                             'query_max_length': self.query_max_length, 'append_eos': self.append_eos,
+                             'query_prefix': self.query_prefix, 'doc_prefix': self.doc_prefix,
+                             'similarity': 'dot product'}})
         return folder
 
     # -- encoding
@@ -225,6 +291,23 @@ class BiEncoder(pyterrier_dr.BiEncoder):
         return self._encode(texts, 'doc', batch_size)
 
     # -- transformers (pyterrier-dr's, with input checks, dtypes that do not depend on the input size, and dedup)
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """The model as a transformer: the query encoder, doc encoder or scorer, as the columns call for (as in
+        pyterrier-dr, with the ``qid`` / ``docno`` columns this module's encoders and scorer require)."""
+        with pta.validate.any(inp) as v:
+            v.query_frame(extra_columns=['query'], mode='query_encoder')
+            v.document_frame(extra_columns=[self.text_field], mode='doc_encoder')
+            for cols in (['query', self.text_field], ['query_vec', self.text_field], ['query', 'doc_vec'],
+                         ['query_vec', 'doc_vec']):
+                v.result_frame(extra_columns=cols, mode='scorer')
+            v.columns(includes=['qid', 'query'], mode='query_encoder')
+            v.columns(includes=['docno', self.text_field], mode='doc_encoder')
+        if v.mode == 'scorer':
+            return self.scorer()(inp)
+        if v.mode == 'query_encoder':
+            return self.query_encoder()(inp)
+        return self.doc_encoder()(inp)
+
     def query_encoder(self, verbose=None, batch_size=None) -> BiQueryEncoder:
         return _QueryEncoder(self, verbose=verbose, batch_size=batch_size)
 
@@ -289,11 +372,10 @@ class _Scorer(BiScorer):
     float64) and ``rank``, rows in input order."""
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pta.validate.result_frame(inp)
-        with pta.validate.any(inp) as v:
+        with pta.validate.any(inp) as v:   # one check, so pt.inspect reads every accepted set of columns
             for cols in (['query', self.text_field], ['query_vec', self.text_field], ['query', 'doc_vec'],
                          ['query_vec', 'doc_vec']):
-                v.columns(includes=cols)
+                v.result_frame(extra_columns=cols)
         if self.sim_fn != pyterrier_dr.SimFn.dot:
             raise KnowacqError(f'the bi-encoder scorer supports the dot product only, not {self.sim_fn}')
         model = self.bi_encoder_model

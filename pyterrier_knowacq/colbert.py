@@ -13,9 +13,15 @@ loads where the hub is reachable; offline, build one from a local backbone with 
 
 Example::
 
-    from pyterrier_knowacq.colbert import ColBERT
+    from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
     colbert = ColBERT('path/to/colbert-checkpoint', batch_size=32)
     pipeline = bm25 >> dataset.text_loader() >> colbert
+
+The family contract (:mod:`pyterrier_knowacq._artifact`) is :class:`ColBERTModel`'s: ``ColBERTModel.new(backbone)``,
+``ColBERTModel.from_pretrained(path_or_id)`` (= ``ColBERTModel(path)``, what ``pt.Artifact.load`` calls),
+``model.save(path)``, ``model.scorer()`` (a :class:`ColBERT` re-ranker), ``model.query_encoder()`` (adds
+``query_embs``) and ``model.doc_encoder()`` (adds ``doc_embs``, the kept token vectors of each document), which a
+:class:`~pyterrier_knowacq.colbert_index.ColBERTIndex` stores: ``model.doc_encoder() >> index.indexer()``.
 """
 from __future__ import annotations
 
@@ -31,11 +37,13 @@ import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
+from ._artifact import ModelArtifact, describe_config, is_path
 from ._batching import distinct, require_text, text_fix, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .packed import last_hidden_state
 
-__all__ = ['ColBERTModel', 'ColBERT', 'maxsim', 'maxsim_matrix', 'DEFAULT_CONFIG', 'BACKENDS']
+__all__ = ['ColBERTModel', 'ColBERT', 'ColBERTQueryEncoder', 'ColBERTDocEncoder', 'maxsim', 'maxsim_matrix',
+           'DEFAULT_CONFIG', 'BACKENDS']
 
 #: ColBERTv2 defaults (colbert/infra/config/settings.py); ``artifact.metadata`` overrides them.
 DEFAULT_CONFIG = {'query_maxlen': 32, 'doc_maxlen': 180, 'dim': 128, 'mask_punctuation': True, 'similarity': 'cosine',
@@ -75,16 +83,32 @@ def _checkpoint_folder(name: Union[str, Path]) -> Path:
         raise KnowacqError(f'could not download ColBERT checkpoint {name!r} ({e}); use a local checkpoint folder') from e
 
 
-class ColBERTModel(_torch().nn.Module):
+class ColBERTModel(_torch().nn.Module, ModelArtifact):
     """A BERT encoder with a bias-free projection to ``dim`` dims, encoding queries and documents as ColBERTv2 does.
 
     ``encode_queries`` / ``encode_docs`` keep gradients (for training); wrap them in ``torch.inference_mode()`` to score.
-    """
+    As PyTerrier transformers: :meth:`scorer`, :meth:`query_encoder`, :meth:`doc_encoder`.
 
-    def __init__(self, encoder, tokenizer, config: Optional[Dict] = None, linear=None, name: Optional[str] = None):
+    ``ColBERTModel(path, **overrides)`` is ``ColBERTModel.from_pretrained(path, **overrides)`` (what
+    ``pt.Artifact.load`` calls); in memory, ``ColBERTModel(encoder, tokenizer, config, linear=..., name=...)``.
+    """
+    ARTIFACT_TYPE = 'colbert_model'
+
+    def __init__(self, encoder, tokenizer=None, config: Optional[Dict] = None, linear=None, name: Optional[str] = None,
+                 **overrides):
+        if is_path(encoder):
+            if tokenizer is not None or config is not None or linear is not None:
+                raise KnowacqError('ColBERTModel(path) loads everything from the folder; pass settings such as '
+                                   'doc_maxlen=300 as keywords, not a tokenizer, config or projection')
+            self._adopt(type(self).from_pretrained(encoder, **overrides))
+            return
+        if tokenizer is None:
+            raise KnowacqError('ColBERTModel(encoder, tokenizer) needs the tokenizer of an in-memory encoder; or load a '
+                               'checkpoint with ColBERTModel(path) / ColBERTModel.from_pretrained(path)')
         super().__init__()
+        self._set_artifact_path(None)
         torch = _torch()
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self.config = {**DEFAULT_CONFIG, **(config or {}), **overrides}
         self.bert = encoder
         self.tokenizer = tokenizer
         hidden = encoder.config.hidden_size
@@ -94,6 +118,7 @@ class ColBERTModel(_torch().nn.Module):
                                'the checkpoint folder mixes two models')
         self.config['dim'] = self.linear.out_features
         self.name = name
+        self.backbone = str(name)
         vocab = tokenizer.get_vocab()
         for key in ('query_token_id', 'doc_token_id'):
             if self.config[key] not in vocab:
@@ -146,7 +171,12 @@ class ColBERTModel(_torch().nn.Module):
         if 'linear.weight' not in state:
             raise KnowacqError(f'{folder} holds a model without a ColBERT projection (no linear.weight), so it is not a '
                                'ColBERT checkpoint; build one with ColBERTModel.new(backbone) and save() it')
-        config = {}
+        config, backbone = {}, None
+        if (folder / 'knowacq.json').exists():
+            try:
+                backbone = json.loads((folder / 'knowacq.json').read_text()).get('backbone')
+            except (json.JSONDecodeError, AttributeError):
+                backbone = None
         if (folder / 'artifact.metadata').exists():
             try:
                 meta = json.loads((folder / 'artifact.metadata').read_text())
@@ -182,10 +212,16 @@ class ColBERTModel(_torch().nn.Module):
         with torch.no_grad():
             linear.weight.copy_(weight)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        return cls(encoder.eval(), tokenizer, config, linear=linear, name=str(name)).eval()
+        model = cls(encoder.eval(), tokenizer, config, linear=linear, name=str(name)).eval()
+        model.backbone = str(backbone or name)
+        # the folder reproduces this model only when no override changed its settings
+        model._set_artifact_path(None if any(v is not None for v in overrides.values()) else folder)
+        return model
 
     def save(self, folder: Union[str, Path], overwrite: bool = True) -> Path:
-        """Write the checkpoint in the ColBERTv2 layout (safetensors ``bert.*`` + ``linear.weight``), atomically."""
+        """Write the checkpoint in the ColBERTv2 layout (safetensors ``bert.*`` + ``linear.weight``, ``artifact.metadata``)
+        with ``knowacq.json``, ``pt_meta.json`` (so ``pt.Artifact.load`` finds it) and the model card ``README.md``,
+        atomically; returns the folder."""
         folder = Path(folder)
         with atomic_directory(folder, overwrite=overwrite) as tmp:
             self.write(tmp)
@@ -205,7 +241,58 @@ class ColBERTModel(_torch().nn.Module):
         atomic_write_json(tmp / 'config.json', hf_config)
         self.tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / 'artifact.metadata', {**self.config, 'checkpoint': self.name})
-        atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.name})
+        atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.backbone})
+        self._write_artifact_files(tmp, {
+            'backbone': self.backbone, 'architecture': describe_config(self.bert.config),
+            'settings': {k: self.config[k] for k in ('dim', 'query_maxlen', 'doc_maxlen', 'mask_punctuation',
+                                                     'similarity', 'attend_to_mask_tokens') if k in self.config}})
+
+    # ---------------------------------------------------------------- the family contract: PyTerrier transformers
+    def scorer(self, **kwargs) -> 'ColBERT':
+        """Re-ranks ``qid, query, docno, text`` by MaxSim (a :class:`ColBERT` over this model; ``kwargs`` as there)."""
+        return ColBERT(self, **kwargs)
+
+    def query_encoder(self, batch_size: int = 128, verbose: bool = False) -> 'ColBERTQueryEncoder':
+        """``qid, query`` -> adds ``query_embs`` (float32 ``[query_maxlen, dim]`` per row)."""
+        return ColBERTQueryEncoder(self, batch_size=batch_size, verbose=verbose)
+
+    def doc_encoder(self, batch_size: int = 32, verbose: bool = False, text_field: str = 'text',
+                    dedup: bool = True) -> 'ColBERTDocEncoder':
+        """``docno, text`` -> adds ``doc_embs`` (float32 ``[kept tokens, dim]`` per row: no padding, no punctuation),
+        which ``ColBERTIndex(path).indexer()`` stores."""
+        return ColBERTDocEncoder(self, batch_size=batch_size, verbose=verbose, text_field=text_field, dedup=dedup)
+
+    def _device(self):
+        return next(self.parameters()).device
+
+    def query_embeddings(self, queries: Sequence[str], batch_size: int = 128):
+        """float32 ``[len(queries), query_maxlen, dim]`` (no gradients), in input order."""
+        torch = _torch()
+        device, out = self._device(), []
+        with torch.inference_mode():
+            for s in range(0, len(queries), batch_size):
+                ids, mask = self.tokenize_queries(list(queries[s:s + batch_size]))
+                out.append(self.encode_queries(ids.to(device), mask.to(device)).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, int(self.config['query_maxlen']), int(self.config['dim'])), dtype=np.float32)
+        return np.concatenate(out)
+
+    def doc_embeddings(self, docs: Sequence[str], batch_size: int = 32, verbose: bool = False) -> List[np.ndarray]:
+        """The kept token vectors of each document (float32 ``[n_i, dim]``, no gradients), in input order; documents
+        are tokenised once and encoded longest first in batches of ``batch_size``."""
+        torch = _torch()
+        toks = self.doc_token_ids(list(docs)) if len(docs) else []
+        order = np.argsort([-len(t) for t in toks], kind='stable')
+        device, out = self._device(), [None] * len(toks)
+        with torch.inference_mode():
+            for s in pt.tqdm(range(0, len(order), batch_size), desc='ColBERT docs', unit='batch', disable=not verbose):
+                sel = order[s:s + batch_size]
+                ids, mask = self.pad_docs([toks[j] for j in sel])
+                D, keep = self.encode_docs(ids.to(device), mask.to(device))
+                D, keep = D.float().cpu().numpy(), keep.cpu().numpy()
+                for row, j in enumerate(sel):
+                    out[j] = D[row][keep[row]]
+        return out
 
     # ---------------------------------------------------------------- tokenisation
     def tokenize_queries(self, queries: Sequence[str]):
@@ -275,6 +362,91 @@ class ColBERTModel(_torch().nn.Module):
         hidden = last_hidden_state(self.bert, ids, mask, out_mask=keep)
         D = torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
         return D * keep.unsqueeze(2), keep
+
+
+def _array_column(arrays, index) -> pd.Series:
+    """One array per row (as pyterrier-dr stores vectors), ``object`` dtype also when there are no rows."""
+    return pd.Series(list(arrays), index=index, dtype=object)
+
+
+class ColBERTQueryEncoder(pt.Transformer):
+    """``qid, query`` -> adds ``query_embs``: each query's ColBERT token vectors (float32 ``[query_maxlen, dim]``,
+    ``[MASK]`` augmentation included), each distinct query encoded once. ``docno`` may be there (a result frame).
+
+    Example::
+
+        model.query_encoder() >> ColBERTIndex('corpus.colbert').scorer()
+    """
+    schematic = {'label': 'ColBERT query enc'}
+
+    def __init__(self, model: 'ColBERTModel', batch_size: int = 128, verbose: bool = False):
+        self.model, self.batch_size, self.verbose = model, int(batch_size), verbose
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.columns(inp, includes=['qid', 'query'])
+        require_text(inp, 'query', 'give every topic a query text')
+        codes, (uniq,) = distinct(inp['query'].astype(str).tolist(), sort=True)
+        Q = self.model.query_embeddings(uniq, self.batch_size)
+        return inp.assign(query_embs=_array_column(Q[codes], inp.index))
+
+    def __repr__(self):
+        return f'ColBERTModel({self.model.name!r}).query_encoder()'
+
+    def subtransformers(self):
+        return {}
+
+
+class ColBERTDocEncoder(pt.Transformer):
+    """``docno, text`` -> adds ``doc_embs``: each document's kept ColBERT token vectors (float32 ``[n, dim]``: no
+    padding, no punctuation; what :class:`~pyterrier_knowacq.colbert_index.ColBERTIndex` stores). Each distinct text is
+    encoded once per call (``dedup=False``: every row). As the left side of ``>> index.indexer()`` it hands the index
+    the model (recorded in the index's ``meta.json``).
+
+    Example::
+
+        (model.doc_encoder() >> ColBERTIndex('corpus.colbert').indexer()).index(dataset.get_corpus_iter())
+    """
+    schematic = {'label': 'ColBERT doc enc'}
+
+    def __init__(self, model: 'ColBERTModel', batch_size: int = 32, verbose: bool = False, text_field: str = 'text',
+                 dedup: bool = True):
+        self.model, self.batch_size, self.verbose = model, int(batch_size), verbose
+        self.text_field, self.dedup = text_field, bool(dedup)
+
+    def _embeddings(self, texts: List[str]) -> List[np.ndarray]:
+        codes, (uniq,) = distinct(texts, enabled=self.dedup)
+        embs = self.model.doc_embeddings(uniq, self.batch_size, verbose=self.verbose)
+        return [embs[c] for c in codes]
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pta.validate.columns(inp, includes=['docno', self.text_field])
+        require_text(inp, self.text_field, 'give every document a text (dataset.text_loader() adds it by docno)')
+        return inp.assign(doc_embs=_array_column(self._embeddings(inp[self.text_field].astype(str).tolist()), inp.index))
+
+    def transform_iter(self, inp):
+        """Records in, records out (``index()`` of a pipeline streams the corpus through this in chunks)."""
+        records = list(inp)
+        for rec in records:
+            if not isinstance(rec.get('docno'), str) or not isinstance(rec.get(self.text_field), str):
+                raise KnowacqError(f'the ColBERT doc encoder needs records with a string docno and a string text '
+                                   f'({self.text_field!r}); got {rec!r:.200}')
+        embs = self._embeddings([rec[self.text_field] for rec in records])
+        return [{**rec, 'doc_embs': e} for rec, e in zip(records, embs)]
+
+    def fuse_rank_cutoff(self, k: int):
+        return pt.RankCutoff(k) >> self
+
+    def __rshift__(self, right):
+        # doc_encoder() >> index.indexer(): the index records which model made the vectors it stores
+        if callable(getattr(right, 'bind_model', None)) and getattr(right, 'model', None) is None:
+            right = right.bind_model(self.model)
+        return super().__rshift__(right)
+
+    def __repr__(self):
+        return f'ColBERTModel({self.model.name!r}).doc_encoder()'
+
+    def subtransformers(self):
+        return {}
 
 
 def maxsim(Q, D, keep):

@@ -9,13 +9,19 @@ Example::
     from pyterrier_knowacq.colbert_index import ColBERTIndex
     model = ColBERTModel.from_pretrained('path/to/colbert-checkpoint')
     index = ColBERTIndex('msmarco.colbert', model)
-    index.index(dataset.get_corpus_iter())                 # or: index.indexer() as the end of a pipeline
+    index.index(dataset.get_corpus_iter())                 # the same as the pipeline below
+    (model.doc_encoder() >> ColBERTIndex('msmarco.colbert').indexer()).index(dataset.get_corpus_iter())
     pipeline = index.retriever(num_results=100) >> dataset.text_loader() >> cross_encoder
     rerank = bm25 >> index.scorer()                         # re-rank with the stored vectors, no text needed
+
+The index only stores what the model's doc encoder emits (``doc_embs``, as pyterrier-dr's ``FlexIndex`` stores
+``doc_vec``): :meth:`ColBERTIndex.index` is ``model.doc_encoder() >> index.indexer()`` run over the corpus. The folder
+is a ``pt.Artifact`` (``colbert_index.knowacq``): ``pt.Artifact.load(path)`` opens it.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
@@ -26,9 +32,9 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 
 from ._util import KnowacqError, atomic_directory, atomic_write_json
-from .colbert import ColBERTModel, _device
+from .colbert import ColBERTDocEncoder, ColBERTModel, _device  # noqa: F401 - _device re-exported
 
-__all__ = ['ColBERTIndex', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature', 'cached_index']
+__all__ = ['ColBERTIndex', 'ColBERTIndexer', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature', 'cached_index']
 
 FORMAT = 'pyterrier_knowacq.colbert_index/1'
 
@@ -85,6 +91,7 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
     """
     ARTIFACT_TYPE = 'colbert_index'
     ARTIFACT_FORMAT = 'knowacq'
+    ARTIFACT_PACKAGE_HINT = 'pyterrier-knowacq'
 
     def __init__(self, path: Union[str, Path], model=None, *, batch_size: int = 32, chunk_docs: int = 2048,
                  faiss_index: str = 'auto', overwrite: bool = False, verbose: bool = True):
@@ -115,67 +122,32 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
         if model.config['dim'] != meta['dim']:
             raise KnowacqError(f'index {self.path} holds {meta["dim"]}-dim token vectors but the model makes '
                                f'{model.config["dim"]}-dim vectors; use the model the index was built with ({meta["checkpoint"]})')
+        if meta.get('model_signature') is None:   # built by an indexer that was not told the model: dims only
+            return
         if model_signature(model) != meta['model_signature']:
             raise KnowacqError(f'index {self.path} was built with another model ({meta["checkpoint"]}, signature '
                                f'{meta["model_signature"]}); query it with that model or rebuild the index with this one')
 
     # ---------------------------------------------------------------- building
     def index(self, inp: Iterable[Dict]) -> 'ColBERTIndex':
-        """Encode and store every ``{'docno', 'text'}`` record of ``inp``; the folder appears only when complete."""
-        import torch
+        """Encode and store every ``{'docno', 'text'}`` record of ``inp``; the folder appears only when complete.
+
+        The same as ``(model.doc_encoder() >> index.indexer()).index(inp)``: ``chunk_docs`` documents at a time are
+        encoded (longest first, ``batch_size`` per forward pass) and stored, so memory stays flat in corpus size."""
         model = self.model
-        device = next(model.parameters()).device
-        with atomic_directory(self.path, overwrite=self.overwrite) as tmp:
-            doclens, n_docs = [], 0
-            with open(tmp / 'tokens.f16', 'wb') as f_tok, open(tmp / 'docnos.txt', 'w', encoding='utf-8') as f_docno:
-                bar = pt.tqdm(desc='ColBERT indexing', unit='doc', disable=not self.verbose)
-                chunk = []
+        encoder = model.doc_encoder(batch_size=self.batch_size)
+        return (encoder >> self.indexer(model=model)).index(inp, batch_size=self.chunk_docs)
 
-                def flush():
-                    toks = model.doc_token_ids([r['text'] for r in chunk])
-                    order = np.argsort([-len(t) for t in toks], kind='stable')
-                    vecs = [None] * len(chunk)
-                    with torch.inference_mode():
-                        for s in range(0, len(order), self.batch_size):
-                            sel = order[s:s + self.batch_size]
-                            ids, mask = model.pad_docs([toks[j] for j in sel])
-                            D, keep = model.encode_docs(ids.to(device), mask.to(device))
-                            D, keep = D.float().cpu().numpy(), keep.cpu().numpy()
-                            for row, j in enumerate(sel):
-                                vecs[j] = D[row][keep[row]].astype(np.float16)
-                            bar.update(len(sel))
-                    for rec, v in zip(chunk, vecs):
-                        f_tok.write(v.tobytes())
-                        f_docno.write(rec['docno'] + '\n')
-                        doclens.append(len(v))
-                    chunk.clear()
+    def indexer(self, model=None, *, overwrite: Optional[bool] = None) -> 'ColBERTIndexer':
+        """The transformer that stores ``docno, doc_embs`` records (what ``model.doc_encoder()`` emits) in this index.
 
-                for rec in inp:
-                    docno, text = rec.get('docno'), rec.get('text')
-                    if not isinstance(docno, str) or not docno or '\n' in docno or not isinstance(text, str):
-                        raise KnowacqError(f'indexing needs records with a string docno (no newline) and a string text; got {rec!r:.200}')
-                    chunk.append(rec)
-                    n_docs += 1
-                    if len(chunk) >= self.chunk_docs:
-                        flush()
-                if chunk:
-                    flush()
-                bar.close()
-            if not n_docs:
-                raise KnowacqError('nothing to index: the corpus iterator yielded no documents')
-            doclens = np.asarray(doclens, dtype=np.int32)
-            np.save(tmp / 'doclens.npy', doclens)
-            dim, n_tokens = model.config['dim'], int(doclens.sum())
-            kind = self.faiss_index if self.faiss_index != 'auto' else ('flat' if n_tokens < 200_000 else 'ivfpq')
-            faiss_meta = self._build_faiss(tmp, np.memmap(tmp / 'tokens.f16', dtype=np.float16, mode='r', shape=(n_tokens, dim)), kind)
-            atomic_write_json(tmp / 'meta.json', {
-                'format': FORMAT, 'dim': dim, 'num_docs': n_docs, 'num_tokens': n_tokens, 'checkpoint': model.name,
-                'model_signature': model_signature(model), 'doc_maxlen': model.config['doc_maxlen'],
-                'query_maxlen': model.config['query_maxlen'], 'faiss': faiss_meta})
-            atomic_write_json(tmp / 'pt_meta.json', {'type': self.ARTIFACT_TYPE, 'format': self.ARTIFACT_FORMAT,
-                                                      'package_hint': 'pyterrier-knowacq'})
-        self._payload = None
-        return self
+        ``model`` (the one that made the vectors) is recorded in ``meta.json`` so that queries are checked against it
+        and ``ColBERTIndex(path)`` finds it again; ``model.doc_encoder() >> index.indexer()`` passes it on its own,
+        and an index built with ``ColBERTIndex(path, model)`` uses its model."""
+        if model is None and self._model_arg is not None:
+            model = self.model
+        return ColBERTIndexer(self, None if model is None else _as_model(model),
+                              overwrite=self.overwrite if overwrite is None else overwrite)
 
     def _build_faiss(self, folder: Path, tokens: np.memmap, kind: str) -> Dict:
         import faiss
@@ -198,9 +170,6 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
             index.add(np.ascontiguousarray(tokens[s:s + step], dtype=np.float32))
         faiss.write_index(index, str(folder / 'tokens.faiss'))
         return meta
-
-    def indexer(self) -> 'ColBERTIndex':
-        return self
 
     # ---------------------------------------------------------------- reading
     def meta(self) -> Dict:
@@ -227,6 +196,9 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
 
     def __len__(self):
         return self.meta()['num_docs']
+
+    def __repr__(self):
+        return f'ColBERTIndex({str(self.path)!r})'
 
     def retriever(self, model=None, *, num_results: int = 1000, ncandidates: int = 256, nprobe: int = 32,
                   batch_size: int = 16) -> 'ColBERTRetriever':
@@ -267,6 +239,109 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
                 ids, mask = model.tokenize_queries(list(queries[s:s + batch_size]))
                 out.append(model.encode_queries(ids.to(device), mask.to(device)).float().cpu())
         return torch.cat(out) if out else None
+
+
+def _chunks(records, size: int):
+    chunk = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ColBERTIndexer(pt.Indexer):
+    """Stores ``docno, doc_embs`` records in a :class:`ColBERTIndex` (fp16 token vectors, docnos, document lengths, a
+    faiss index over tokens, ``meta.json`` and ``pt_meta.json``); the folder appears only when complete.
+
+    Example::
+
+        (model.doc_encoder() >> ColBERTIndex('corpus.colbert').indexer()).index(dataset.get_corpus_iter())
+    """
+
+    def __init__(self, index: ColBERTIndex, model: Optional[ColBERTModel] = None, overwrite: bool = False):
+        self.index_ref, self.model, self.overwrite = index, model, bool(overwrite)
+
+    def bind_model(self, model: ColBERTModel) -> 'ColBERTIndexer':
+        """This indexer, recording ``model`` as the one that made the vectors (``doc_encoder() >> indexer()``)."""
+        return ColBERTIndexer(self.index_ref, model, overwrite=self.overwrite)
+
+    def fuse_left(self, left):
+        """``compile()`` hands the doc encoder's model to the indexer, as ``>>`` does."""
+        if self.model is None and isinstance(left, ColBERTDocEncoder):
+            return left >> self.bind_model(left.model)
+        return None
+
+    def index_inputs(self):
+        return [['docno', 'doc_embs']]
+
+    def __repr__(self):
+        return f'{self.index_ref!r}.indexer()'
+
+    def index(self, inp: Iterable[Dict]) -> ColBERTIndex:
+        index, model = self.index_ref, self.model
+        inp = iter(inp)
+        first = next(inp, None)
+        records = itertools.chain([first], inp) if first is not None else iter(())
+        if isinstance(first, dict) and 'doc_embs' not in first and 'text' in first:
+            # the old index.indexer() took text records (it was the index itself): encode them, for one release
+            import warnings
+            warnings.warn('ColBERTIndex.indexer() stores the doc_embs a doc encoder emits; giving it text records is '
+                          'deprecated: use (model.doc_encoder() >> index.indexer()).index(docs), or index.index(docs)',
+                          DeprecationWarning, stacklevel=2)
+            model = model if model is not None else index.model
+            encoder = model.doc_encoder(batch_size=index.batch_size)
+            records = (rec for chunk in _chunks(records, index.chunk_docs) for rec in encoder.transform_iter(chunk))
+        inp = records
+        if model is not None:
+            model_dim = int(model.config['dim'])
+        with atomic_directory(index.path, overwrite=self.overwrite) as tmp:
+            doclens, dim = [], None
+            with open(tmp / 'tokens.f16', 'wb') as f_tok, open(tmp / 'docnos.txt', 'w', encoding='utf-8') as f_docno, \
+                    pt.tqdm(desc='ColBERT indexing', unit='doc', disable=not index.verbose) as bar:
+                for rec in inp:
+                    docno, embs = rec.get('docno'), rec.get('doc_embs')
+                    if not isinstance(docno, str) or not docno or '\n' in docno:
+                        raise KnowacqError(f'indexing needs records with a string docno (no newline) and doc_embs; '
+                                           f'got {rec!r:.200}')
+                    if embs is None:
+                        raise KnowacqError(f'record {docno!r} has no doc_embs; put the model\'s doc encoder before the '
+                                           'indexer: model.doc_encoder() >> index.indexer()')
+                    embs = np.asarray(embs)
+                    if dim is None:
+                        dim = embs.shape[-1] if embs.ndim == 2 else None
+                        if model is not None and dim != model_dim:
+                            raise KnowacqError(f'doc_embs of {docno!r} have {dim} dims but the model makes '
+                                               f'{model_dim}-dim vectors; index with that model\'s doc encoder')
+                    if embs.ndim != 2 or embs.shape[1] != dim:
+                        raise KnowacqError(f'doc_embs of {docno!r} has shape {embs.shape}; every document needs a '
+                                           f'[tokens, {dim}] matrix (model.doc_encoder() makes them)')
+                    f_tok.write(embs.astype(np.float16).tobytes())
+                    f_docno.write(docno + '\n')
+                    doclens.append(len(embs))
+                    bar.update(1)
+            if not doclens:
+                raise KnowacqError('nothing to index: the corpus iterator yielded no documents')
+            doclens = np.asarray(doclens, dtype=np.int32)
+            np.save(tmp / 'doclens.npy', doclens)
+            n_tokens = int(doclens.sum())
+            kind = index.faiss_index if index.faiss_index != 'auto' else ('flat' if n_tokens < 200_000 else 'ivfpq')
+            tokens = np.memmap(tmp / 'tokens.f16', dtype=np.float16, mode='r', shape=(n_tokens, dim))
+            faiss_meta = index._build_faiss(tmp, tokens, kind)
+            atomic_write_json(tmp / 'meta.json', {
+                'format': FORMAT, 'dim': int(dim), 'num_docs': len(doclens), 'num_tokens': n_tokens,
+                'checkpoint': model.name if model is not None else None,
+                'model_signature': model_signature(model) if model is not None else None,
+                'doc_maxlen': model.config['doc_maxlen'] if model is not None else None,
+                'query_maxlen': model.config['query_maxlen'] if model is not None else None, 'faiss': faiss_meta})
+            atomic_write_json(tmp / 'pt_meta.json', {'type': index.ARTIFACT_TYPE, 'format': index.ARTIFACT_FORMAT,
+                                                      'package_hint': index.ARTIFACT_PACKAGE_HINT})
+        index._payload = None
+        if index._model_arg is None and model is not None:
+            index._model_arg = model
+        return index
 
 
 class ColBERTRetriever(pt.Transformer):

@@ -4,8 +4,13 @@ Example::
 
     from pyterrier_knowacq import CrossEncoder, get_dataset
     ds = get_dataset('msmarco-passage')
-    ce = CrossEncoder.from_pretrained('path/to/checkpoint')
-    pipeline = ds.run_transformer('bm25') >> ds.text_loader() >> ce
+    ce = CrossEncoder.from_pretrained('path/to/checkpoint')     # or pt.Artifact.load('path/to/checkpoint')
+    pipeline = ds.run_transformer('bm25') >> ds.text_loader() >> ce.scorer()
+
+The family contract (:mod:`pyterrier_knowacq._artifact`): ``CrossEncoder.new(backbone)``,
+``CrossEncoder.from_pretrained(path_or_id)`` (= ``CrossEncoder(path)``, what ``pt.Artifact.load`` calls),
+``ce.save(path)`` and ``ce.scorer()``; the cross-encoder is itself the re-ranking transformer, so ``ce(frame)`` and
+``ce.scorer()(frame)`` are the same.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import pyterrier as pt
 import torch
 from torch import nn
 
+from ._artifact import ModelArtifact, describe_config, is_path
 from ._batching import default_device, distinct, require_text, run_sorted, text_fix, tokenize, with_scores
 from ._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_encoder, load_pretrained, load_pretrained_encoder, load_tokenizer, resolve_model
@@ -64,7 +70,7 @@ class CrossEncoderModel(nn.Module):
         return self.head(self.pooling(hidden, attention_mask, token_type_ids)).squeeze(-1)
 
 
-class CrossEncoder(pt.Transformer):
+class CrossEncoder(ModelArtifact, pt.Transformer):
     """Scores (query, text) pairs with a cross-encoder and re-ranks them.
 
     Input columns ``qid, query, docno, text``; adds ``score`` (float64) and ``rank`` (int64), rows in input order.
@@ -76,8 +82,9 @@ class CrossEncoder(pt.Transformer):
         bm25 >> dataset.text_loader() >> CrossEncoder.from_pretrained('cross-encoder/ms-marco-MiniLM-L6-v2')
 
     Args:
-        model: a :class:`CrossEncoderModel`.
-        tokenizer: its tokenizer.
+        model: a :class:`CrossEncoderModel`, or a folder / hub id (``CrossEncoder(path)`` is
+            ``CrossEncoder.from_pretrained(path)``; ``pt.Artifact.load(path)`` calls it).
+        tokenizer: its tokenizer (``None`` with a path).
         name: where the model came from (for ``repr`` and equality).
         batch_size: pairs per forward pass.
         max_length: pair length limit in tokens (the passage is truncated).
@@ -86,9 +93,22 @@ class CrossEncoder(pt.Transformer):
         dedup: score each distinct (query, text) pair once (``False``: every row, the same scores to float rounding).
     """
 
-    def __init__(self, model: CrossEncoderModel, tokenizer, name: str = '<in-memory>', batch_size: int = 32,
+    ARTIFACT_TYPE = 'cross_encoder'
+
+    def __init__(self, model: CrossEncoderModel, tokenizer=None, name: str = '<in-memory>', batch_size: int = 32,
                  max_length: int = 512, text_field: str = 'text', verbose: bool = False, device=None,
                  dedup: bool = True):
+        if is_path(model):
+            if tokenizer is not None:
+                raise KnowacqError('CrossEncoder(path) loads the tokenizer from the folder; pass no tokenizer with a path')
+            self._adopt(type(self).from_pretrained(model, batch_size=batch_size, max_length=max_length,
+                                                   text_field=text_field, verbose=verbose, device=device, dedup=dedup))
+            return
+        if tokenizer is None:
+            raise KnowacqError('CrossEncoder(model, tokenizer) needs the tokenizer of an in-memory model; or load a '
+                               'folder with CrossEncoder(path) / CrossEncoder.from_pretrained(path)')
+        self._set_artifact_path(None)
+        self.backbone = str(name)
         self.model = model
         self.tokenizer = tokenizer
         self.name = str(name)
@@ -123,7 +143,9 @@ class CrossEncoder(pt.Transformer):
             head.weight.normal_(0.0, 0.02, generator=generator)
             head.bias.zero_()
         pool.init_head(head)
-        return cls(CrossEncoderModel(encoder, pooling, head), tokenizer, name=f'new:{backbone}:{pooling}', **kwargs)
+        ce = cls(CrossEncoderModel(encoder, pooling, head), tokenizer, name=f'new:{backbone}:{pooling}', **kwargs)
+        ce.backbone = str(backbone)
+        return ce
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> 'CrossEncoder':
@@ -136,11 +158,11 @@ class CrossEncoder(pt.Transformer):
         from safetensors.torch import load_file
         path = resolve_model(name)
         meta_file = Path(path) / META
-        if meta_file.exists():
-            meta = json.loads(meta_file.read_text())
-            if meta.get('kind') != 'cross-encoder':
-                raise KnowacqError(f'{path} holds a {meta.get("kind")!r} model, not a cross-encoder; '
-                                   'load it with the matching transformer')
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        if meta and meta.get('kind') != 'cross-encoder':
+            raise KnowacqError(f'{path} holds a {meta.get("kind")!r} model, not a cross-encoder; '
+                               'load it with the matching transformer')
+        if meta and not meta.get('classifier'):
             encoder = load_pretrained_encoder(path, name, dtype=torch.float32)
             head_file = Path(path) / 'head.safetensors'
             if not head_file.exists():
@@ -165,10 +187,14 @@ class CrossEncoder(pt.Transformer):
             clf = load_pretrained(AutoModelForSequenceClassification, path, name, dtype=torch.float32, drop_pooler=False)
             model = CrossEncoderModel(clf, classifier=True)
         tokenizer = load_tokenizer(name)
-        return cls(model, tokenizer, name=str(name), **kwargs)
+        ce = cls(model, tokenizer, name=str(name), **kwargs)
+        ce.backbone = str(meta.get('backbone') or name)
+        ce._set_artifact_path(path)
+        return ce
 
     def save(self, folder) -> Path:
-        """Write safetensors weights, the tokenizer and ``knowacq.json`` atomically; returns the folder."""
+        """Write safetensors weights, the tokenizer, ``knowacq.json``, ``pt_meta.json`` (so ``pt.Artifact.load``
+        finds it) and the model card ``README.md``, atomically; returns the folder."""
         folder = Path(folder)
         from safetensors.torch import save_file
         with atomic_directory(folder, overwrite=True) as tmp:
@@ -176,9 +202,31 @@ class CrossEncoder(pt.Transformer):
             if not self.model.classifier:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()},
                           str(tmp / 'head.safetensors'))
-                atomic_write_json(tmp / META, {'kind': 'cross-encoder', 'pooling': self.model.pooling_name})
+                atomic_write_json(tmp / META, {'kind': 'cross-encoder', 'pooling': self.model.pooling_name,
+                                               'backbone': self.backbone})
+            else:   # a *ForSequenceClassification checkpoint: its own head, loaded as such
+                atomic_write_json(tmp / META, {'kind': 'cross-encoder', 'classifier': True, 'backbone': self.backbone})
             self.tokenizer.save_pretrained(tmp)
+            head = 'the checkpoint\'s classification head' if self.model.classifier else \
+                f'{self.model.pooling_name} pooling + a linear 1-logit head'
+            self._write_artifact_files(tmp, {
+                'backbone': self.backbone, 'architecture': describe_config(self.model.config),
+                'settings': {'scoring': head, 'max_length (pair tokens)': self.max_length}})
         return folder
+
+    # -- the family contract
+    def scorer(self, batch_size: Optional[int] = None, verbose: Optional[bool] = None,
+               text_field: Optional[str] = None) -> 'CrossEncoder':
+        """The re-ranker (``qid, query, docno, text -> score, rank``): this cross-encoder itself, or a copy sharing its
+        weights with other batch size / progress / text column."""
+        if batch_size is None and verbose is None and text_field is None:
+            return self
+        import copy
+        out = copy.copy(self)
+        out.batch_size = int(batch_size) if batch_size is not None else self.batch_size
+        out.verbose = self.verbose if verbose is None else verbose
+        out.text_field = text_field or self.text_field
+        return out
 
     # -- scoring
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:

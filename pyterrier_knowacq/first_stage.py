@@ -107,6 +107,13 @@ class PisaBM25(pt.Transformer):
         with _quiet_native():
             return self._retriever(inp)
 
+    def fuse_rank_cutoff(self, k: int) -> 'PisaBM25':
+        """``bm25 % k`` (after ``compile()``) retrieves ``k`` per query from PISA instead of ``num_results`` and then
+        cutting; a retriever that already stops at ``k`` or fewer is kept as it is."""
+        if k >= self.num_results:
+            return self
+        return PisaBM25(self.dataset, num_results=k, k1=self.k1, b=self.b)
+
     def __repr__(self):
         return f'PisaBM25({self.dataset.name!r}, num_results={self.num_results})'
 
