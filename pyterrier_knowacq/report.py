@@ -66,6 +66,17 @@ def markdown(claims: List[Dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _seed_section(folder, meta) -> str:
+    """The study's seed-variance table (mean ± sd per seed) when the experiment ran several seeds."""
+    try:
+        module = importlib.import_module(f'pyterrier_knowacq.report_{meta.get("study", "spine")}')
+    except ImportError:
+        return ''
+    fn = getattr(module, 'seed_markdown', None)
+    section = fn(folder) if fn is not None and meta.get('seeds') else ''
+    return '\n' + section + '\n' if section else ''
+
+
 def write_report(folders) -> str:
     """Write ``report.md`` / ``report.json`` into each folder that has study claims; return the combined markdown."""
     parts = []
@@ -81,6 +92,7 @@ def write_report(folders) -> str:
         method = stats.method_note(stats.claim_settings(meta)) if claims else ''
         if method:
             text += '\n' + method + '\n'
+        text += _seed_section(folder, meta)
         if claims:
             atomic_write_json(Path(folder) / 'report.json', {'claims': claims, 'method': method})
             atomic_write_text(Path(folder) / 'report.md', text)

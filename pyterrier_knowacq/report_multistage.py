@@ -16,7 +16,11 @@ minimum detectable effect at 80% power; verdicts and rules: :mod:`pyterrier_know
 4. ``dc_eq_c``: D->C ≈ C.
 5. ``d_below_first_stage``: D re-ranking a strong first stage is below that first stage alone.
 
-Per-seed values (a ``seed`` column in ``perquery.csv``) are averaged over seeds per query before the tests.
+Per-seed values (a ``seed`` column in ``perquery.csv``, written by an experiment with ``seeds:``) are averaged over
+seeds per query before the tests (the query stays the unit); such claims also carry a query×seed bootstrap interval
+(queries resampled in pairs, each system's seeds resampled on their own) in ``seed_ci`` and their detail, ``ours``
+gives each seeded system's mean ± sd over seeds, and ``report.md`` gains a seed-variance table (:func:`seed_table`:
+each seeded system's value per seed and mean ± sd, pooled and per collection).
 
 Example::
 
@@ -37,7 +41,7 @@ import pandas as pd
 from ._util import KnowacqError, atomic_write_json, atomic_write_text
 from .analysis import stats
 
-__all__ = ['claims', 'markdown', 'write_report', 'PAPER']
+__all__ = ['claims', 'markdown', 'write_report', 'seed_table', 'seed_markdown', 'PAPER']
 
 STUDY = 'multistage'
 # nDCG@10 of ELECTRA-base cross-encoders from the authors' released evaluation notebook
@@ -121,6 +125,28 @@ def _paired(df: pd.DataFrame, a: str, b: str):
     return x[:, ok], y[:, ok], [k for k, o in zip(keys, ok) if o]
 
 
+def _seed_sd(m: np.ndarray) -> str:
+    """`` ± sd`` over seeds of a ``[seeds, queries]`` matrix (each seed's mean over the queries); empty for one seed."""
+    return f' ± {m.mean(1).std(ddof=1):.3f}' if m.shape[0] > 1 else ''
+
+
+def _seed_bootstrap(x: np.ndarray, y: np.ndarray, samples: int = 10000, seed: int = 0,
+                    alpha: float = ALPHA) -> Tuple[float, float]:
+    """95% percentile interval of the mean difference of ``x`` ``[seeds_a, queries]`` and ``y`` ``[seeds_b, queries]``
+    resampling queries (paired: the same queries for both) and each system's seeds (on their own: seed k of two
+    systems are separate trainings, not a pair), so both sources of variance widen it."""
+    rng = np.random.default_rng(seed)
+    n = x.shape[1]
+    q = rng.integers(0, n, size=(samples, n))
+
+    def means(m):   # [samples, queries]: the mean over resampled seeds at each query, then the resampled queries
+        per_query = m[rng.integers(0, m.shape[0], size=(samples, m.shape[0]))].mean(1)
+        return np.take_along_axis(per_query, q, axis=1).mean(1)
+    d = means(x) - means(y)
+    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def _paper_diff(a: str, b: str, keys) -> Optional[float]:
     """The paper's effect a - b: its DL19 and DL20 differences weighted by our queries of each (equal if neither)."""
     if a not in PAPER or b not in PAPER:
@@ -159,10 +185,16 @@ def claims(result_folder, measure: str = 'nDCG@10') -> List[dict]:
             return
         x, y, keys = res
         summ = stats.paired_summary(x, y, margin=margin, interval=settings.interval)
-        seeds = f', values averaged over {summ["seeds"]} seeds per query' if summ['seeds'] > 1 else ''
-        rows.append({**row, 'ours': f'{a} {x.mean():.3f} vs {b} {y.mean():.3f}', 'p_value': summ['p_diff'],
-                     'verdict': None, 'detail': f'{measure}, {summ["n"]} queries pooled from {n_coll} collection(s){seeds}',
-                     '_kind': kind, '_summary': summ, '_paper_diff': _paper_diff(*paper_pair, keys)})
+        seeds, extra = '', {}
+        if summ['seeds'] > 1:
+            lo, hi = _seed_bootstrap(x, y)
+            extra['seed_ci'] = [lo, hi]
+            seeds = (f', values averaged over {summ["seeds"]} seeds per query (a: {x.shape[0]}, b: {y.shape[0]}); '
+                     f'query×seed bootstrap 95% interval [{lo:+.3f}, {hi:+.3f}]')
+        rows.append({**row, 'ours': f'{a} {x.mean():.3f}{_seed_sd(x)} vs {b} {y.mean():.3f}{_seed_sd(y)}',
+                     'p_value': summ['p_diff'], 'verdict': None,
+                     'detail': f'{measure}, {summ["n"]} queries pooled from {n_coll} collection(s){seeds}',
+                     '_kind': kind, '_summary': summ, '_paper_diff': _paper_diff(*paper_pair, keys), **extra})
 
     if bm25:
         deep = next((n for (fs, st), n in sorted(by.items(), key=lambda kv: kv[1])
@@ -198,6 +230,54 @@ def claims(result_folder, measure: str = 'nDCG@10') -> List[dict]:
     return rows
 
 
+def seed_table(result_folder, measure: str = 'nDCG@10') -> List[dict]:
+    """Seed variance of every system evaluated under several seeds (a ``seed`` column in ``perquery.csv``): one row
+    per system on the pooled queries of all collections (``collection: 'all'``), then one per collection, each with its
+    ``values`` per seed (the mean over the queries), ``mean`` and ``sd`` (sample sd over seeds; None for one seed) and
+    ``queries``. Strategies C and D first (then C-D, D-C, other seeded systems). ``[]`` when nothing has seeds."""
+    df, _ = _load(Path(result_folder), measure)
+    if 'seed' not in df.columns or not df['seed'].notna().any():
+        return []
+    seeded = df[df['seed'].notna()]
+    rank = {'C': 0, 'D': 1, 'C-D': 2, 'D-C': 3}
+
+    def order(name):
+        fs, strat = _parse(name)
+        return (rank.get((strat or '').split('@')[0], 4), strat or '', fs)
+    rows = []
+    for name in sorted(seeded['name'].unique(), key=order):
+        sub = seeded[seeded['name'] == name]
+        groups = [('all', sub)] + ([(c, g) for c, g in sub.groupby('collection', sort=True)]
+                                   if sub['collection'].nunique() > 1 else [])
+        for coll, g in groups:
+            per_seed = g.groupby('seed')['value'].mean()
+            values = {int(k): float(v) for k, v in per_seed.items()}
+            sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
+            rows.append({'system': name, 'collection': coll, 'queries': int(g['key'].nunique()), 'values': values,
+                         'mean': float(per_seed.mean()), 'sd': sd})
+    return rows
+
+
+def seed_markdown(result_folder, measure: str = 'nDCG@10') -> str:
+    """The seed-variance section of ``report.md`` (:func:`seed_table`); empty when the folder has no seeds."""
+    rows = seed_table(result_folder, measure)
+    if not rows:
+        return ''
+    seeds = sorted({s for r in rows for s in r['values']})
+    lines = [f'## Seed variance ({measure})', '',
+             f'Each system that loads a trained model was trained and evaluated under {len(seeds)} seeds; its {measure} '
+             'per seed (the mean over the queries), then the mean ± sd over seeds (sample sd). Seed-independent systems '
+             '(first stages alone) are left out. The claims above average each query over seeds before the paired '
+             'tests (the query is the unit); each claim\'s query×seed bootstrap interval is `seed_ci` in report.json.', '',
+             '| system | queries | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean ± sd |',
+             '|' + '---|' * (len(seeds) + 3)]
+    for r in rows:
+        cells = [f'{r["values"][s]:.4f}' if s in r['values'] else 'n/a' for s in seeds]
+        spread = f'{r["mean"]:.4f} ± {r["sd"]:.4f}' if r['sd'] is not None else f'{r["mean"]:.4f}'
+        lines.append(f'| {r["system"]} | {r["collection"]} ({r["queries"]}) | ' + ' | '.join(cells) + f' | {spread} |')
+    return '\n'.join(lines) + '\n'
+
+
 def markdown(rows: List[dict], settings: Optional[stats.ClaimSettings] = None) -> str:
     """The claims table (the same columns as ``knowacq report``) and the paragraph on how they are judged."""
     from .report import markdown as table
@@ -209,8 +289,11 @@ def write_report(result_folder, measure: str = 'nDCG@10') -> List[dict]:
     folder = Path(result_folder)
     rows = claims(folder, measure)
     settings = stats.claim_settings(json.loads((folder / 'meta.json').read_text()))
+    variance = seed_table(folder, measure)
     atomic_write_json(folder / 'report.json', {'study': STUDY, 'measure': measure, 'claims': rows,
-                                               'method': stats.method_note(settings)})
+                                               'method': stats.method_note(settings),
+                                               **({'seed_variance': variance} if variance else {})})
     title = '# Multi-stage fine-tuning (Pezzuti et al., ECIR 2025): claims\n\n'
-    atomic_write_text(folder / 'report.md', title + markdown(rows, settings))
+    seeds = seed_markdown(folder, measure) if variance else ''
+    atomic_write_text(folder / 'report.md', title + markdown(rows, settings) + ('\n' + seeds if seeds else ''))
     return rows
