@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   installs into .venv and runs the offline quickstart (results/quickstart + site/index.html)
 #   make test         installs into .venv (with test extras) and runs the test suite
+# make leaderboard rebuilds the published leaderboard (leaderboard/site, never committed) from leaderboard/results/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-test quickstart test test-all bench clean
+.PHONY: install install-test quickstart test test-all bench leaderboard clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,5 +40,9 @@ test-all: install-test
 bench: install-test
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider -s --benchmark-columns=mean,ops
 
+# the published site: from the compressed results in leaderboard/results/, from scratch, deterministic (seconds)
+leaderboard: install
+	$(VENV)/bin/knowacq leaderboard --shipped -o leaderboard/site
+
 clean:
-	rm -rf $(VENV) results site .benchmarks
+	rm -rf $(VENV) results site leaderboard/site .benchmarks

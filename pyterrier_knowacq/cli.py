@@ -1,4 +1,4 @@
-"""The ``knowacq`` command line: run experiments, the offline quickstart, reports, the leaderboard, training."""
+"""The ``knowacq`` command line: run and plan experiments, the offline quickstart, reports, leaderboard, training."""
 from __future__ import annotations
 
 import argparse
@@ -27,14 +27,30 @@ def _experiment_file(name: str) -> Path:
 
 def cmd_run(args):
     from .experiment import ResultsExist, run_experiment
+    from .planning import PlanRefused
     path = _experiment_file(args.file)
     try:   # checks every spec, data path and model name first (preflight.py): all problems at once, in seconds
         out = run_experiment(path, output=args.output, overwrite=args.overwrite, dry_run=args.dry_run,
-                             limit_topics=args.limit_topics, command=_command())
+                             limit_topics=args.limit_topics, command=_command(), force=args.force)
     except ResultsExist as e:   # the Python API names overwrite=True; here the flag is --overwrite
         raise KnowacqError(str(e).replace(e.flag, '--overwrite')) from e
+    except PlanRefused as e:    # likewise force=True: --force
+        raise KnowacqError(str(e).replace(e.flag, '--force')) from e
     print(f'[knowacq] results: {out.resolve()}')
     return out
+
+
+def cmd_plan(args):
+    import time
+    from .planning import format_plan, make_plan
+    started = time.perf_counter()
+    plan = make_plan(_experiment_file(args.file), gpu=args.gpu, echo=not args.json)
+    if args.json:
+        print(json.dumps(plan, indent=2, default=str))
+    else:
+        print(format_plan(plan))
+        print(f'[knowacq] planned in {time.perf_counter() - started:.1f} s')
+    return plan
 
 
 def cmd_quickstart(args):
@@ -61,9 +77,16 @@ def cmd_report(args):
 
 
 def cmd_leaderboard(args):
-    from .leaderboard import build_site
-    index = build_site(args.results, args.output)
-    print(f'[knowacq] leaderboard: {Path(index).resolve()}')
+    from .leaderboard import run
+    run(args)   # prints '[knowacq] leaderboard: <index.html>'
+
+
+def cmd_verify(args):
+    from .verify import verify
+    report = verify(args.results, systems=args.systems, every=args.all, tolerance=args.tolerance,
+                    max_seconds=args.max_seconds, keep=args.keep)
+    if not report.ok:
+        raise KnowacqError(report.summary())
 
 
 def cmd_train(args):
@@ -140,7 +163,16 @@ def parser() -> argparse.ArgumentParser:
                    help='check every spec, data path and model name, then run the file with tiny models and a few '
                         'topics (a real run checks the same first)')
     r.add_argument('--limit-topics', type=int, metavar='N', help='evaluate on the first N topics only')
+    r.add_argument('--force', action='store_true',
+                   help='run even when the memory plan says a model or system cannot fit this machine '
+                        '(see knowacq plan)')
     r.set_defaults(fn=cmd_run)
+    pl = sub.add_parser('plan', help='estimate the memory, micro-batches, time and disk of an experiment file')
+    pl.add_argument('file', help='experiment YAML file, or the name of a shipped one (e.g. knowacq-full)')
+    pl.add_argument('--gpu', default='auto', choices=['auto', 'h100', 'h200', 'a100-40g', 'cpu'],
+                    help='device to plan for (default: this machine\'s GPU, else its CPU and RAM)')
+    pl.add_argument('--json', action='store_true', help='print the plan as JSON (for machines)')
+    pl.set_defaults(fn=cmd_plan)
     q = sub.add_parser('quickstart', help='run experiments/quickstart.yaml offline and build the leaderboard')
     q.add_argument('-o', '--output', default='results/quickstart',
                    help='results folder, replaced if it exists (default %(default)s)')
@@ -151,9 +183,31 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument('-o', '--output', help='also write the report (Markdown) to this file')
     rep.set_defaults(fn=cmd_report)
     lb = sub.add_parser('leaderboard', help='build the static leaderboard site')
-    lb.add_argument('results', nargs='+', help='results folders written by `knowacq run`')
-    lb.add_argument('-o', '--output', default='site', help='folder for the site, index.html inside (default %(default)s)')
+    lb.add_argument('results', nargs='*', help='results folders written by `knowacq run` (or .tar.gz archives of them); '
+                    "none: rebuild the repository's site from leaderboard/results/ (or re-render the site given with -o)")
+    lb.add_argument('-o', '--output', default=None,
+                    help='folder for the site, index.html inside (default: site; with no RESULTS, leaderboard/site)')
+    lb.add_argument('--include-smoke', action='store_true',
+                    help='also show smoke tests (*-ci experiments, --dry-run and --limit-topics runs)')
+    lb.add_argument('--fresh', action='store_true', help='replace the site instead of adding to it')
+    lb.add_argument('--shipped', action='store_true',
+                    help="build the repository's site from leaderboard/results/*.tar.gz, from scratch")
+    lb.add_argument('--pack', action='store_true',
+                    help='write RESULTS as compressed site inputs into leaderboard/results/ (or -o) instead of building')
     lb.set_defaults(fn=cmd_leaderboard)
+    v = sub.add_parser('verify', help='re-run the cheap systems of a results folder (or those named) and compare '
+                       'them with its stored numbers')
+    v.add_argument('results', help='results folder written by `knowacq run`')
+    v.add_argument('-s', '--system', action='append', dest='systems', metavar='NAME',
+                   help='re-run this system (repeatable; default: every system that trains no model and took at most '
+                        '--max-seconds)')
+    v.add_argument('--all', action='store_true', help='re-run every system (trains the models they need)')
+    v.add_argument('--tolerance', type=float, default=1e-4,
+                   help='largest absolute difference per measure that passes (default %(default)g)')
+    v.add_argument('--max-seconds', type=float, default=60.0,
+                   help='a system is cheap when its recorded time is at most this (default %(default)g)')
+    v.add_argument('--keep', metavar='DIR', help='keep the re-run results folder here')
+    v.set_defaults(fn=cmd_verify)
     t = sub.add_parser('train', help='train a model from a YAML file')
     t.add_argument('file', help='training YAML file (dataset, folds or train_split, models)')
     t.add_argument('--dry-run', action='store_true',

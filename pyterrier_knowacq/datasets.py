@@ -91,8 +91,16 @@ class Dataset:
         """A readable label of the corpus for cache folder names (the content key is :meth:`corpus_fingerprint`)."""
         return self.name
 
-    def text_loader(self, field: str = 'text') -> 'TextLoader':
-        return TextLoader(self, field)
+    def text_loader(self, fields='*', *, verbose: bool = False, field: Optional[str] = None) -> 'TextLoader':
+        """Adds document fields by docno (``pyterrier.HasTextLoader``): ``'*'`` (every field) or ``'text'``, the one
+        field a corpus here has; ``pt.text.get_text(dataset, 'text')`` calls it. ``field=`` is the old name of the
+        argument (deprecated)."""
+        if field is not None:
+            import warnings
+            warnings.warn("text_loader(field=...) is deprecated; pass the field as the first argument: "
+                          "text_loader('text')", DeprecationWarning, stacklevel=2)
+            fields = field
+        return TextLoader(self, fields, verbose=verbose)
 
     def run_names(self, split: Optional[str] = None) -> List[str]:
         return []
@@ -163,30 +171,62 @@ def _hash_records(records) -> str:
 class TextLoader(pt.Transformer):
     """Adds the ``text`` of each ``docno`` from a dataset's corpus, for ``>>`` before a neural re-ranker.
 
+    Follows ``pyterrier.HasTextLoader``: ``fields`` is ``'*'`` (every field) or the names of the fields to load, and
+    the corpora here have one field, ``text``; so ``pt.text.get_text(dataset)`` and ``pt.text.get_text(dataset,
+    'text')`` both add a ``text`` column. A list naming another field raises; a single other name (the old meaning: the
+    column to put the text in) still works this release, with a ``DeprecationWarning``.
+
     Example::
 
         bm25 >> dataset.text_loader() >> CrossEncoder.from_pretrained('my-model')
     """
+    schematic = {'label': 'TextLoader'}
+    #: the fields a corpus here has
+    FIELDS = ('text',)
 
-    def __init__(self, dataset: Dataset, field: str = 'text'):
+    def __init__(self, dataset: Dataset, fields='*', *, verbose: bool = False, field: Optional[str] = None):
+        if field is not None:   # the old keyword: TextLoader(dataset, field='text')
+            fields = field
+        names = list(self.FIELDS) if fields == '*' else [fields] if isinstance(fields, str) else list(fields)
+        unknown = [f for f in names if f not in self.FIELDS]
+        if unknown and isinstance(fields, str):
+            import warnings
+            warnings.warn(f'text_loader({fields!r}): the corpus has no field {fields!r} (its only field is "text"); the '
+                          f'text is put in a column {fields!r} this release, and an unknown field raises in the next (as '
+                          "PyTerrier's text loaders do). Use text_loader('text') >> pt.apply.rename({'text': "
+                          f'{fields!r}}})', DeprecationWarning, stacklevel=3)
+            self.columns = {fields: 'text'}
+        elif unknown or not names:
+            raise KnowacqError(f'dataset {dataset.name!r} has no field(s) {unknown or names}; its corpus has '
+                               f'{list(self.FIELDS)} (or ask for every field with "*")')
+        else:
+            self.columns = {name: name for name in names}
         self.dataset = dataset
-        self.field = field
+        self.fields = list(self.columns)
+        self.field = self.fields[0]
+        self.verbose = verbose
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         import pyterrier_alpha as pta
         pta.validate.columns(inp, includes=['docno'])
         out = inp.copy()
-        out[self.field] = self.dataset.get_texts(out['docno'].tolist()) if len(out) else pd.Series([], dtype=object)
+        texts = self.dataset.get_texts(out['docno'].tolist()) if len(out) else pd.Series([], dtype=object)
+        for column in self.columns:
+            out[column] = texts
         return out
 
+    def fuse_rank_cutoff(self, k: int):
+        """``(... >> text_loader) % k`` cuts before loading (``compile()``), so no text is loaded for dropped rows."""
+        return pt.RankCutoff(k) >> self
+
     def __repr__(self):
-        return f'{self.dataset.name}.text_loader()'
+        return f'{self.dataset.name}.text_loader(' + ('' if self.fields == ['text'] else repr(self.fields)) + ')'
 
     def __eq__(self, other):
-        return isinstance(other, TextLoader) and other.dataset.id == self.dataset.id and other.field == self.field
+        return isinstance(other, TextLoader) and other.dataset.id == self.dataset.id and other.columns == self.columns
 
     def __hash__(self):
-        return hash(('TextLoader', self.dataset.id, self.field))
+        return hash(('TextLoader', self.dataset.id, tuple(self.columns.items())))
 
 
 class RunTransformer(pt.Transformer):
@@ -224,6 +264,13 @@ class RunTransformer(pt.Transformer):
         if out.empty:
             return pd.DataFrame(columns=['qid', 'query', 'docno', 'score', 'rank'])
         return out.sort_values(['qid', 'rank']).reset_index(drop=True)
+
+    def fuse_rank_cutoff(self, k: int) -> 'RunTransformer':
+        """``run % k`` (after ``compile()``) returns the top ``k`` of each query's list directly; a run already cut
+        at ``k`` or less is kept as it is."""
+        if self.k is not None and self.k <= k:
+            return self
+        return RunTransformer(self.dataset, self.name, k)
 
     def __repr__(self):
         return f'run({self.name!r}' + (f', k={self.k}' if self.k else '') + ')'
@@ -495,7 +542,7 @@ DATASETS = {
 _CACHE: Dict[tuple, Dataset] = {}
 
 _SPEC_HELP = (f'choose one of {sorted(DATASETS)}, beir:/path/to/folder, irds:<id>, '
-              'or a mapping {beir: path/to/folder, name: my-collection}')
+              'or a mapping {beir: path/to/folder, name: my-collection} (or {synthetic: {passages: N, queries: Q}})')
 
 
 def dataset_spec_label(spec) -> str:
@@ -506,6 +553,8 @@ def dataset_spec_label(spec) -> str:
     if isinstance(spec, dict):
         if spec.get('name'):
             return str(spec['name'])
+        if isinstance(spec.get('synthetic'), dict):
+            return get_dataset(spec).name
         spec = f"beir:{spec['beir']}" if spec.get('beir') else f"irds:{spec.get('irds', '')}"
     spec = str(spec)
     if spec.startswith('irds:'):
@@ -522,7 +571,17 @@ def get_dataset(name) -> Dataset:
     """
     if isinstance(name, Dataset):
         return name
+    if isinstance(getattr(name, 'dataset', None), Dataset):   # pt.get_dataset('knowacq:...') wraps one of ours
+        return name.dataset
     label = None
+    if isinstance(name, dict) and 'synthetic' in name:   # {synthetic: {passages, queries, seed, ...}}: generated
+        if set(name) != {'synthetic'}:
+            raise KnowacqError(f'dataset mapping {name!r:.80} must hold only synthetic: {{passages: ..., queries: ..., '
+                               'seed: ...}} (its name goes inside it)')
+        from .synthetic import synthetic_dataset
+        dataset = synthetic_dataset(name['synthetic'])
+        key = ('synthetic', dataset.fingerprint(), dataset.name)
+        return _CACHE.setdefault(key, dataset)
     if isinstance(name, dict):
         unknown = sorted(set(name) - {'beir', 'irds', 'name'}, key=str)
         kinds = [k for k in ('beir', 'irds') if name.get(k)]

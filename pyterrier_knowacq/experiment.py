@@ -26,10 +26,11 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Set
 
 import pandas as pd
 
+from ._resources import ResourceLog, stage as _stage
 from ._util import KnowacqError, atomic_directory, atomic_write_json, atomic_write_text, cache_dir, write_csv, write_jsonl
 from .datasets import get_dataset
 from .experiment_config import (DEFAULT_MEASURES, KEYS, MODEL_TRAINERS, Fold, _fold_data, _measures, _slug,  # noqa: F401
@@ -40,6 +41,10 @@ from .stages import StageContext, build_pipeline, register_stage  # noqa: F401  
 __all__ = ['load_config', 'run_experiment', 'register_stage', 'DEFAULT_MEASURES', 'FORMAT']
 
 FORMAT = 'pyterrier_knowacq.results/1'
+#: queries per pipeline call: a system's candidates (BM25 top-1000 >> text >> ColBERT: 16k passages with their texts
+#: and tokens) are held for this many queries at a time, so a run's memory is bounded whatever the number of topics
+#: (every built-in stage works per query, so the results are the same)
+QUERY_BATCH = 16
 
 
 class ResultsExist(KnowacqError):
@@ -236,12 +241,18 @@ def _error_text(error: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-def _train_models(config, fold: Fold, dataset, seed, dry_run) -> Dict[str, str]:
+def _train_models(config, fold: Fold, dataset, seed, dry_run, info: Optional[dict] = None,
+                  per_seed: bool = False) -> Dict[str, str]:
+    """``{model name: trained folder}`` of a fold's training split under ``seed``; ``per_seed`` (an experiment with
+    ``seeds:``): each seed keeps its own pointer folder and resource stage (the models are cached by seed anyway)."""
     import importlib
+    from .training.launch import pop_processes
     trained = {}
     for name, spec in (config.get('models') or {}).items():
         spec = dict(spec or {})
-        module, fn_name = MODEL_TRAINERS[spec.pop('kind', 'cross-encoder')]
+        kind = spec.pop('kind', 'cross-encoder')
+        spec, processes = pop_processes(spec)   # processes: N trains in N DDP ranks (training/launch.py)
+        module, fn_name = MODEL_TRAINERS[kind]
         try:
             fn = getattr(importlib.import_module(module), fn_name)
         except (ImportError, AttributeError) as e:
@@ -250,38 +261,188 @@ def _train_models(config, fold: Fold, dataset, seed, dry_run) -> Dict[str, str]:
         if train_split is None and fold.train is None:
             raise KnowacqError(f'model {name!r} must be trained, so the experiment needs folds: [{{train: ..., test: ...}}]')
         # (a pointer folder: the model itself is cached under a key of the data's and weights' content)
-        out = cache_dir('trained') / _slug(f'{config["name"]}-{train_ds.id}-{fold.train}-{name}')
+        out = cache_dir('trained') / _slug(f'{config["name"]}-{train_ds.id}-{fold.train}-{name}'
+                                           + (f'-seed{seed}' if per_seed else ''))
+        of_seed = f' (seed {seed})' if per_seed else ''
         kwargs = dict(dataset=train_ds, train_split=train_split, output_dir=out, seed=seed)
         if 'dry_run' in inspect.signature(fn).parameters:
             kwargs['dry_run'] = dry_run
-        print(f'[knowacq] training {name!r} on {fold.train} ...', flush=True)
-        trained[name] = str(fn(spec, **kwargs))
+        print(f'[knowacq] training {name!r} on {fold.train}{of_seed} ...', flush=True)
+        with _stage(f'train: {fold.train}/{name}{of_seed}', **({'processes': processes} if processes > 1 else {})):
+            if processes > 1:
+                from .training.launch import train_in_processes
+                folder = train_in_processes(kind, spec, dataset=config['dataset'] if train_ds is dataset else fold.train,
+                                            train_split=train_split, output_dir=out, seed=seed, dry_run=dry_run,
+                                            processes=processes)
+            else:
+                folder = fn(spec, **kwargs)
+        trained[name] = str(folder)
+        if info is not None:
+            info[name] = _training_summary(out, folder, processes)
     return trained
 
 
+def _training_summary(out: Path, folder, processes: int) -> dict:
+    """meta.json's ``training`` entry of a model: its folder, the teacher coverage of each distillation stage, and, for
+    a model trained in several processes, what each rank trained (``launch.json``)."""
+    import json
+
+    def read(path):
+        try:
+            return json.loads(Path(path).read_text(encoding='utf-8'))
+        except (OSError, ValueError):
+            return {}
+    summary = {'folder': str(folder)}
+    log = read(Path(out) / 'training.json')
+    coverage = []
+    for entry in log.get('stages') or []:   # cross-encoders: one entry per stage (a cached stage: its own folder)
+        data = entry.get('data') or read(Path(folder).parent / str(entry.get('key')) / 'training.json').get('data') or {}
+        if data.get('teacher_coverage'):
+            tc = data['teacher_coverage']
+            coverage.append({'stage': entry.get('stage'), **{k: tc.get(k) for k in ('covered', 'total', 'coverage', 'lists')}})
+    if coverage:
+        summary['teacher_coverage'] = coverage
+    if processes > 1:
+        launch = read(Path(out) / 'launch.json')
+        summary['processes'] = processes
+        summary['ranks'] = [{'rank': r.get('rank'), 'world_size': r.get('world_size'), 'folder': r.get('folder'),
+                             'runs': [{k: run.get(k) for k in ('steps', 'batches_per_epoch', 'first_batch', 'seconds')}
+                                      | {'first_loss': (run.get('losses') or [None])[0],
+                                         'last_loss': (run.get('losses') or [None])[-1]} for run in r.get('runs') or []]}
+                            for r in launch.get('ranks') or []]
+    return summary
+
+
+def _in_query_batches(pipeline, topics: pd.DataFrame, size: Optional[int] = None) -> pd.DataFrame:
+    """``pipeline(topics)``, run :data:`QUERY_BATCH` queries at a time (the same results: stages work per query)."""
+    size = int(size or QUERY_BATCH)
+    if len(topics) <= size:
+        return pipeline(topics)
+    parts = [pipeline(topics.iloc[i:i + size]) for i in range(0, len(topics), size)]
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+
+
+def _seeds_of(config) -> Optional[List[int]]:
+    """The experiment's ``seeds:`` (checked by the preflight: distinct integers), or None (one seed, ``seed:``)."""
+    seeds = config.get('seeds')
+    return None if seeds is None else [int(s) for s in seeds]
+
+
+def _uses_trained(stages, trained: Set[str]) -> bool:
+    """Whether a system's stages load a model the experiment trains (``ce(model=C)``): it then runs once per seed."""
+    return any(isinstance(v, str) and v in trained for stage in stages for v in stage.params.values())
+
+
+def _seed_tables(runs, topics: pd.DataFrame, qrels: pd.DataFrame, measures, *, names: List[str],
+                 baseline: Optional[int], test: str, correction, correction_alpha: float, **_):
+    """An experiment with ``seeds:``: ``(aggregated, perquery, per-seed aggregates)`` of one collection.
+
+    ``runs`` are ``(system, seed or None, run)``. ``perquery`` is pt.Experiment's per-query frame of every run with
+    a ``seed`` column (empty for seed-independent systems); ``aggregated`` has pt.Experiment's columns, each system's
+    value being its seed-mean, and the paired test against the baseline runs over queries on the per-query seed-means
+    (the query is the unit); ``per-seed aggregates`` are ``{system: {seed: {measure: mean}}}`` of seeded systems.
+    """
+    import pyterrier as pt
+    from scipy import stats as st
+    perq = pt.Experiment([r[2] for r in runs], topics, qrels, measures, perquery=True,
+                         names=[str(i) for i in range(len(runs))], verbose=False)
+    which = perq['name'].astype(int).to_numpy()
+    perq = perq.assign(name=[runs[i][0] for i in which], seed=pd.array([runs[i][1] for i in which], dtype='Int64'))
+    order = {n: i for i, n in enumerate(names)}
+    perq = perq.sort_values(['name', 'seed', 'qid'], key=lambda c: c.map(order) if c.name == 'name' else c,
+                            na_position='first', kind='stable').reset_index(drop=True)
+    ms = [str(m) for m in measures]
+    # per query: the mean over seeds (a seed-independent system has one value)
+    wide = perq.pivot_table(index=['name', 'qid'], columns='measure', values='value', aggfunc='mean')
+    rows = [[n] + [float(wide.loc[n][m].mean()) for m in ms] for n in names]
+    columns = ['name'] + ms
+    p_cols = []
+    if baseline is not None:   # the columns, order and tests of pt.Experiment's table (pyterrier's renderer)
+        test_fn = {'t': st.ttest_rel, 'wilcoxon': st.wilcoxon}[test]
+        base = wide.loc[names[baseline]]
+        for i, n in enumerate(names):
+            if i == baseline:
+                rows[i] += [None] * (3 * len(ms))
+                continue
+            own = wide.loc[n].reindex(base.index)
+            for m in ms:
+                x, y = own[m].to_numpy(float), base[m].to_numpy(float)
+                try:
+                    p = float(test_fn(x, y)[1])
+                except ValueError:   # e.g. wilcoxon on all-zero differences
+                    p = float('nan')
+                rows[i] += [int((x > y).sum()), int((x < y).sum()), p]
+        for m in ms:
+            columns += [f'{m} +', f'{m} -', f'{m} p-value']
+            p_cols.append(f'{m} p-value')
+    agg = pd.DataFrame(rows, columns=columns)
+    if baseline is not None and correction is not None:
+        import numpy as np
+        import statsmodels.stats.multitest
+        for col in p_cols:
+            reject, corrected, _, _ = statsmodels.stats.multitest.multipletests(
+                agg[col].drop(agg.index[baseline]), alpha=correction_alpha, method=correction)
+            at = agg.columns.get_loc(col)
+            agg.insert(at + 1, col.replace('p-value', 'reject'), np.insert(reject, baseline, False))
+            agg.insert(at + 2, col + ' corrected', np.insert(corrected, baseline, np.nan))
+    seeded = perq[perq['seed'].notna()]
+    per_seed: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for (n, s, m), v in seeded.groupby(['name', 'seed', 'measure'], sort=False)['value'].mean().items():
+        per_seed.setdefault(n, {}).setdefault(str(int(s)), {})[m] = float(v)
+    per_seed = {n: {s: {m: vals[m] for m in ms if m in vals} for s, vals in by.items()} for n, by in per_seed.items()}
+    return agg, perq, per_seed
+
+
 def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, dry_run: bool = False,
-                   limit_topics: Optional[int] = None, command: Optional[str] = None) -> Path:
+                   limit_topics: Optional[int] = None, command: Optional[str] = None, force: bool = False) -> Path:
     """Run an experiment file and return its results folder (built atomically).
 
     Every model spec, data path and model name is checked first (:mod:`~.preflight`): all problems are raised at
-    once, in seconds, before any work. Each finished system's run is kept in a work folder beside the results
-    (``.knowacq-work/<name>/``); when a system fails, the others still run, the results folder is written with the
-    systems that finished (``meta.json``: ``"incomplete": true``, ``"failed": [{system, collection, error}]``) and
-    the first error is raised. Running again (an incomplete folder is replaced without ``overwrite``) reuses the
-    finished systems and completes the folder; the work folder is then removed.
+    once, in seconds, before any work; then the memory plan on this machine's device (:func:`~.planning.check_plan`):
+    a model or system that cannot fit raises :class:`~.planning.PlanRefused` unless ``force``. Each finished system's
+    run is kept in a work folder beside the results (``.knowacq-work/<name>/``); when a system fails, the others still
+    run, the results folder is written with the systems that finished (``meta.json``: ``"incomplete": true``,
+    ``"failed": [{system, collection, error}]``) and the first error is raised. Running again (an incomplete folder is
+    replaced without ``overwrite``) reuses the finished systems and completes the folder; the work folder is then
+    removed.
+
+    ``seeds: [1, 2, 3]`` trains every model once per seed and runs every system that loads a trained model once per
+    seed (``runs/<slug>.seed<k>.res.gz``; systems without one run once): ``perquery.csv`` gains a ``seed`` column
+    (empty for seed-independent systems), ``aggregated.csv`` holds each system's seed-mean (its test against the
+    baseline over queries, on per-query seed-means), meta.json ``seeds``, ``seed_results`` ``{collection: {system:
+    {seed: {measure: value}}}}``, ``seed_models`` and ``seed_timings``. Without ``seeds:`` nothing of this changes.
+
+    Each stage (preflight, data and index builds, the training of each model, each system on each collection) is
+    metered (:mod:`._resources`): meta.json's ``resources`` holds its wall time and peak RSS (process + children), and
+    the table is printed at the end.
     """
+    resources = ResourceLog()
+    with resources.active():
+        return _run_experiment(path, output, overwrite, dry_run, limit_topics, command, resources, force=force)
+
+
+def _run_experiment(path, output, overwrite, dry_run, limit_topics, command, resources: ResourceLog,
+                    force: bool = False) -> Path:
     import pyterrier as pt
     from .preflight import check_experiment
     started = time.time()
-    report = check_experiment(path, dry_run=dry_run)   # every problem at once, before any work
+    with _stage('preflight'):
+        report = check_experiment(path, dry_run=dry_run)   # every problem at once, before any work
     print(report.summary(), flush=True)
     config = report.config
     if dry_run:
         config = apply_dry_run(config)
         limit_topics = limit_topics or 3
+    else:   # the memory plan on this machine's device, before any work (planning.py); force=True runs it anyway
+        from .planning import check_plan
+        check_plan(config, force=force)
     seed = int(config.get('seed', 42))
+    seeds = _seeds_of(config)   # None: one seed (no seed column, one run per system); else trained models per seed
     dataset = get_dataset(config['dataset'])
     folds = folds_of(config, str(path))
+    for ds in {id(d): d for d in [dataset] + [f.test_data(dataset)[0] for f in folds]}.values():
+        if callable(getattr(ds, 'prepare_all', None)):   # data generated on first use (a synthetic docstore, its
+            ds.prepare_all()                              # index and teacher): built now, each a metered stage
     measures = _measures(config)
     systems = {name: (spec['pipeline'] if isinstance(spec, dict) else spec) for name, spec in config['systems'].items()}
     names = list(systems)
@@ -297,7 +458,9 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
             'platform': _platform(),
             'git_commit': _git_commit(), 'seed': seed, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
             'measures': [str(m) for m in measures], 'baseline': config.get('baseline'), 'test': config.get('test', 't'),
-            'correction': correction, 'collections': [], 'systems': [], 'timings': {}, 'models': {}}
+            'correction': correction, 'collections': [], 'systems': [], 'timings': {}, 'models': {}, 'training': {}}
+    if seeds is not None:   # meta['models']: the first seed's (the analysis uses them); each seed's in seed_models
+        meta.update({'seeds': seeds, 'seed_results': {}, 'seed_models': {}, 'seed_timings': {}})
     for name, spec in config['systems'].items():
         tags = {**(config.get('tags') or {}), **(spec.get('tags', {}) if isinstance(spec, dict) else {})}
         entry = {'name': name, 'slug': _slug(name), 'pipeline': systems[name], 'tags': tags}
@@ -315,7 +478,8 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
     failures, first_error, reused = [], None, {}
     with atomic_directory(out, overwrite=True) as tmp:
         atomic_write_text(tmp / 'config.yaml', Path(path).read_text(encoding='utf-8'))
-        trained_on: Dict[Optional[str], Dict[str, str]] = {}
+        trained_on: Dict[tuple, Dict[str, str]] = {}   # (training split, seed) -> {model name: folder}
+        trained_names = set(config.get('models') or {})
         current = None
         try:
             for fold in folds:
@@ -326,41 +490,65 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
                 topics = topics[topics['qid'].isin(set(qrels['qid']))]
                 if limit_topics:
                     topics = topics.head(int(limit_topics))
-                if fold.train not in trained_on:   # folds sharing a training split share its models (no retraining)
-                    trained_on[fold.train] = _train_models(config, fold, dataset, seed, dry_run)
-                models = trained_on[fold.train]
+                for s in seeds or [seed]:   # folds sharing a training split share its models (no retraining)
+                    if (fold.train, s) not in trained_on:
+                        info = meta['training'].setdefault(str(fold.train), {})
+                        trained_on[(fold.train, s)] = _train_models(config, fold, dataset, s, dry_run,
+                                                                    info=info.setdefault(str(s), {}) if seeds else info,
+                                                                    per_seed=seeds is not None)
+                models = trained_on[(fold.train, (seeds or [seed])[0])]
                 meta['models'][fold.folder] = models
+                if seeds is not None:
+                    meta['seed_models'][fold.folder] = {str(s): trained_on[(fold.train, s)] for s in seeds}
                 fold_names = [n for n in names if runs_on(config['systems'][n], fold.folder)]
                 ctx = StageContext(test_ds, test_split, fold.train, models, seed, tmp, dry_run)
                 fingerprint = test_ds.fingerprint()
                 results, done, timings = [], [], {}
+                runs = []   # (system, seed or None, run, seconds): with seeds:, a system of trained models once per seed
                 coll = tmp / fold.folder
                 for name in fold_names:
                     stages = parse_pipeline(systems[name])
-                    key = _system_key(systems[name], fold.folder, test_ds, test_split, fingerprint, topics,
-                                      _models_used(stages, ctx), config.get('rerank_depth'), seed, dry_run)
-                    kept = work.get(fold.folder, key)
-                    if kept is not None:
-                        print(f'[knowacq] {fold.folder}: reusing finished system {name}', flush=True)
-                        res = pt.io.read_results(str(work.run_file(fold.folder, kept))).drop(columns=['name'], errors='ignore')
-                        reused.setdefault(fold.folder, []).append(name)
+                    for s in (seeds if seeds is not None and _uses_trained(stages, trained_names) else [None]):
+                        # s None: one run (no seeds:, or a seed-independent system), as <slug>.res.gz; else
+                        # <slug>.seed<s>.res.gz, its own work-folder entry (the key holds the seed and its models)
+                        sctx = ctx if s is None else StageContext(test_ds, test_split, fold.train,
+                                                                  trained_on[(fold.train, s)], s, tmp, dry_run)
+                        label, slug = (name, _slug(name)) if s is None else (f'{name} (seed {s})', f'{_slug(name)}.seed{s}')
+                        key = _system_key(systems[name], fold.folder, test_ds, test_split, fingerprint, topics,
+                                          _models_used(stages, sctx), config.get('rerank_depth'),
+                                          seed if s is None else s, dry_run)
+                        kept = work.get(fold.folder, key)
+                        if kept is not None:
+                            print(f'[knowacq] {fold.folder}: reusing finished system {label}', flush=True)
+                            res = pt.io.read_results(str(work.run_file(fold.folder, kept))).drop(columns=['name'], errors='ignore')
+                            reused.setdefault(fold.folder, []).append(label)
+                        else:
+                            print(f'[knowacq] {fold.folder}: {label}', flush=True)
+                            try:
+                                with _stage(f'system: {fold.folder}/{label}'):
+                                    pipeline = build_pipeline(stages, sctx, config.get('rerank_depth'))
+                                    t0 = time.time()
+                                    res = _in_query_batches(pipeline, topics)
+                                kept = work.put(fold.folder, key, name, slug, res, round(time.time() - t0, 3))
+                            except Exception as e:  # noqa: BLE001 - recorded; the other systems still run
+                                failures.append({'system': name, 'collection': fold.folder, 'error': _error_text(e),
+                                                 **({} if s is None else {'seed': s})})
+                                first_error = first_error or e
+                                print(f'[knowacq] {fold.folder}: system {label!r} FAILED ({_error_text(e, 300)}); going '
+                                      'on with the other systems', file=sys.stderr, flush=True)
+                                continue
+                        (coll / 'runs').mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(work.run_file(fold.folder, kept), coll / 'runs' / f'{slug}.res.gz')
+                        runs.append((name, s, res, kept['seconds']))
+                    own = [r for r in runs if r[0] == name]
+                    if not own:
+                        continue
+                    if seeds is not None and own[0][1] is not None:   # the seed-mean; each seed's in seed_timings
+                        timings[name] = round(sum(r[3] for r in own) / len(own), 3)
+                        meta['seed_timings'].setdefault(fold.folder, {})[name] = {str(r[1]): r[3] for r in own}
                     else:
-                        print(f'[knowacq] {fold.folder}: {name}', flush=True)
-                        try:
-                            pipeline = build_pipeline(stages, ctx, config.get('rerank_depth'))
-                            t0 = time.time()
-                            res = pipeline(topics)
-                            kept = work.put(fold.folder, key, name, _slug(name), res, round(time.time() - t0, 3))
-                        except Exception as e:  # noqa: BLE001 - recorded; the other systems still run
-                            failures.append({'system': name, 'collection': fold.folder, 'error': _error_text(e)})
-                            first_error = first_error or e
-                            print(f'[knowacq] {fold.folder}: system {name!r} FAILED ({_error_text(e, 300)}); going on '
-                                  'with the other systems', file=sys.stderr, flush=True)
-                            continue
-                    (coll / 'runs').mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(work.run_file(fold.folder, kept), coll / 'runs' / f'{_slug(name)}.res.gz')
-                    timings[name] = kept['seconds']
-                    results.append(res)
+                        timings[name] = own[0][3]
+                    results.append(own[0][2])
                     done.append(name)
                 if not done:
                     continue
@@ -368,8 +556,12 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
                 common = dict(names=done, baseline=baseline, test=config.get('test', 't'), correction=correction,
                               correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
                 fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
-                agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
-                perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=done, verbose=False)
+                if seeds is None:
+                    agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
+                    perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=done, verbose=False)
+                else:   # aggregated: seed-means (tests over queries on per-query seed-means); perquery: a seed column
+                    agg, perq, meta['seed_results'][fold.folder] = _seed_tables(runs, topics, qrels, fold_measures,
+                                                                                **common)
                 write_csv(agg, coll / 'aggregated.csv')
                 # JSON lines, not TSV: query texts holding tabs, quotes, newlines or U+2028 come back exactly as run
                 write_jsonl(coll / 'topics.jsonl', ({'qid': str(q), 'query': str(t)} for q, t in zip(topics['qid'], topics['query'])))
@@ -403,7 +595,10 @@ def run_experiment(path, output: Optional[str] = None, overwrite: bool = False, 
         if reused:
             meta['reused'] = reused   # finished by an earlier, failed run of this experiment (timings are theirs)
         meta['wall_time_s'] = round(time.time() - started, 2)
+        meta['resources'] = resources.as_dict()   # {stage: {wall_s, peak_rss_mb, start_rss_mb}}
         atomic_write_json(tmp / 'meta.json', meta)
+    print('\n' + resources.table(f'{config["name"]}: wall time and peak RSS (process + children) per stage') + '\n',
+          flush=True)
     if failures:
         print(f'[knowacq] {len(failures)} failure(s); the systems that finished are in {out} (marked incomplete). Run '
               'the same command again to resume: finished systems are reused, not run again', file=sys.stderr, flush=True)

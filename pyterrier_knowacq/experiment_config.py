@@ -35,6 +35,7 @@ KEYS = {
     'systems': 'name -> pipeline, or name -> {pipeline, tags, collections}',
     'measures': 'ir_measures names', 'baseline': 'system name', 'test': 't | wilcoxon', 'correction': 'holm | bonferroni | fdr_bh | none',
     'correction_alpha': 'float', 'seed': 'int', 'rerank_depth': 'cut first stages to this depth', 'analysis': 'analysis section',
+    'seeds': 'train and evaluate each trained model once per seed, e.g. [1, 2, 3] (seed-independent systems run once)',
     'dry_run': 'overrides applied with --dry-run', 'tags': 'tags for every system', 'output': 'results folder',
     'claims': 'knowacq report: {equivalence_margin: {nDCG@10: 0.02, probe_accuracy: 0.05}, per_claim: {cd_eq_c: 0.01}, interval: t | bootstrap}',
 }
@@ -123,7 +124,8 @@ _SCOPES = [(r'^fold (\d+)', lambda m: ('folds', int(m[1]) - 1)),
            (r"""^system (['"])(.*?)\1""", lambda m: ('systems', m[2])),
            (r"""^model (['"])(.*?)\1""", lambda m: ('models', m[2])),
            (r'^(unknown stage|stage |cannot read stage|unbalanced|a system must)', ('systems',)),
-           (r'^(the )?baseline\b', ('baseline',))]
+           (r'^(the )?baseline\b', ('baseline',)),
+           (r'^seeds\b', ('seeds',))]
 
 
 def locate_problem(path, node, error, source: Optional[str] = None) -> KnowacqError:
@@ -215,7 +217,20 @@ def config_problems(config, source: str = '<config>') -> List[KnowacqError]:
         for stage in attempt(parse_pipeline, expr) or []:
             attempt(check_stage, stage)
     attempt(_measures, config)
+    attempt(_check_seeds, config.get('seeds'), 'seeds' in config)
     return problems
+
+
+def _check_seeds(seeds, given: bool) -> None:
+    """``seeds:`` is a non-empty list of distinct integers (each trained model is trained and evaluated per seed)."""
+    if not given:
+        return
+    fix = 'write seeds: as a non-empty list of distinct integers such as [1, 2, 3]'
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise KnowacqError(f'seeds is {seeds!r:.60}; {fix}')
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise KnowacqError(f'seeds repeats {repeated}; {fix}')
 
 
 def _unknown_key(key, allowed, where: str) -> KnowacqError:

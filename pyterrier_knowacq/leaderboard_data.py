@@ -2,13 +2,14 @@
 
 Reads only the files of the result folder format (``pyterrier_knowacq.results/1``, see DESIGN.md); never imports
 model code. Every problem with a folder is returned as a message that names the folder, so that the other folders
-still render.
+still render. :func:`public_text` strips what a published page must not show (absolute paths, the host name).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,112 @@ KEPT_PATTERNS = ('meta.json', 'config.yaml', 'report.json', 'report.md', 'plots/
 META_TYPES = {'systems': list, 'collections': list, 'timings': dict, 'versions': dict, 'config': dict,
               'measures': list, 'study': str, 'description': str, 'command': str}
 KIND_NAMES = {list: 'list', dict: 'object', str: 'string'}
+
+
+# what the site may show of a path: the repository checkout this package lives in, and the model/index cache
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_PATH_CHARS = r'[^\s/\'"<>`|;,()\[\]{}=]'
+# an absolute POSIX path of two or more components, not part of a relative path, a URL or a ~/ path
+_ABS_PATH = re.compile(r'(?<![\w.:/~$@-])(?:file://)?/(?:' + _PATH_CHARS + r'+/)+' + _PATH_CHARS + r'*')
+_WIN_PATH = re.compile(r'\b[A-Za-z]:\\(?:[^\s\\\'"<>|]+\\)*[^\s\\\'"<>|]*')
+_CACHE_DIRS = ('cache', '.cache', 'knowacq-cache')
+
+
+def public_path(path: str) -> str:
+    """An absolute path as a published page may show it: relative to the repository (``experiments/x.yaml``), under
+    ``$KNOWACQ_CACHE`` (``$KNOWACQ_CACHE/models/trained/0d83...``), or only its last component (``…/results``)."""
+    path = path[len('file://'):] if path.startswith('file://') else path
+    parts = [p for p in path.split('/') if p]
+    try:
+        rel = Path(path).relative_to(REPO_ROOT)
+        if str(rel) != '.':
+            return rel.as_posix()
+    except ValueError:
+        pass
+    cache = os.environ.get('KNOWACQ_CACHE')
+    if cache and path.rstrip('/').startswith(cache.rstrip('/') + '/'):
+        return '$KNOWACQ_CACHE/' + path.rstrip('/')[len(cache.rstrip('/')) + 1:]
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in _CACHE_DIRS and i + 1 < len(parts):
+            rest = parts[i + 1:]
+            if parts[i] == '.cache' and rest[0] == 'pyterrier_knowacq':
+                rest = rest[1:]
+            elif parts[i] == '.cache':
+                continue
+            if rest:
+                return '$KNOWACQ_CACHE/' + '/'.join(rest)
+    if 'experiments' in parts[:-1]:
+        return '/'.join(parts[parts.index('experiments'):])
+    return '…/' + (parts[-1] if parts else '')
+
+
+def _host_names() -> List[str]:
+    import socket
+    names = set()
+    try:
+        names.update({socket.gethostname(), socket.getfqdn()})
+    except OSError:
+        pass
+    # a short or generic name would also match ordinary words
+    return sorted(n for n in names if n and len(n) >= 4 and n not in ('localhost', 'localhost.localdomain'))
+
+
+_HOSTS: Optional[List[str]] = None
+
+
+def public_text(text: str, hosts: bool = True) -> str:
+    """``text`` with every absolute path replaced by :func:`public_path` and (``hosts``) the machine's host name by
+    ``host``: what a built page may show (results folders record where they were written: ``-o /tmp/...``, model
+    cache paths). Rendered HTML gets ``hosts=False``: its data was scrubbed before, and a host name such as ``main``
+    must not touch the markup."""
+    global _HOSTS
+    if not text:
+        return text
+    if '/' in text:
+        text = _ABS_PATH.sub(lambda m: public_path(m.group(0)), text)
+    if ':\\' in text:
+        text = _WIN_PATH.sub(lambda m: '…\\' + m.group(0).rstrip('\\').split('\\')[-1], text)
+    if not hosts:
+        return text
+    if _HOSTS is None:
+        _HOSTS = _host_names()
+    for host in _HOSTS:
+        if host in text:
+            text = re.sub(r'(?<![\w.-])' + re.escape(host) + r'(?![\w-])', 'host', text)
+    return text
+
+
+def public_json(obj):
+    """:func:`public_text` applied to every string (keys too) of a JSON-like object."""
+    if isinstance(obj, str):
+        return public_text(obj)
+    if isinstance(obj, dict):
+        return {public_text(str(k)): public_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [public_json(v) for v in obj]
+    return obj
+
+
+SMOKE_NAME = re.compile(r'(?:^|[-_.])(?:ci|smoke|dry-?run|debug)$', re.I)
+
+
+def smoke_reason(meta: Dict) -> Optional[str]:
+    """Why a results folder is a smoke test rather than a result (``None`` when it is a result): meta.json or its
+    config says ``smoke: true``, the experiment is named ``*-ci`` / ``*-smoke``, or it was run with ``--dry-run``
+    (tiny random models) or ``--limit-topics`` (a part of the topics)."""
+    config = meta.get('config') if isinstance(meta.get('config'), dict) else {}
+    if meta.get('smoke') is True or config.get('smoke') is True:
+        return 'marked "smoke: true"'
+    if meta.get('dry_run') is True:
+        return 'run with --dry-run (tiny random models)'
+    if SMOKE_NAME.search(str(meta.get('experiment') or '')):
+        return f'the experiment {meta.get("experiment")!r} is a CI smoke test (name ends in -ci/-smoke)'
+    command = str(meta.get('command') or '')
+    for flag, what in (('--dry-run', 'run with --dry-run (tiny random models)'),
+                       ('--limit-topics', 'run with --limit-topics (a part of the topics)')):
+        if re.search(r'(?:^|\s)' + re.escape(flag) + r'(?:[\s=]|$)', command):
+            return what
+    return None
 
 
 class FolderProblem(Exception):
@@ -138,6 +245,7 @@ class ExperimentData:
     tables: List[str]
     report_md: Optional[str]
     problems: List[str] = field(default_factory=list)
+    label: str = ''   # how pages name the folder: a relative path or its name, never an absolute path
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -206,8 +314,9 @@ def _read_topics(coll_dir: Path) -> Dict[str, str]:
     return {}
 
 
-def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData:
-    """Read a (kept copy of a) results folder; a broken collection becomes a problem, a broken folder raises."""
+def read_experiment(folder: Path, source_id: str, origin: str, label: Optional[str] = None) -> ExperimentData:
+    """Read a (kept copy of a) results folder; a broken collection becomes a problem, a broken folder raises.
+    ``origin`` names the folder in problems (the console may show its full path), ``label`` on pages."""
     meta = read_meta(folder)
     problems = []
     if meta.get('incomplete'):   # a run in which a system failed: its tables hold the systems that finished
@@ -248,7 +357,7 @@ def read_experiment(folder: Path, source_id: str, origin: str) -> ExperimentData
     report_md = (folder / 'report.md').read_text(encoding='utf-8', errors='replace') \
         if (folder / 'report.md').is_file() else None
     return ExperimentData(source_id, origin, folder, meta, config_yaml, collections, claims, plots, tables,
-                          report_md, problems)
+                          report_md, problems, label or origin)
 
 
 def holm(pvalues: List[float]) -> List[float]:
@@ -277,6 +386,38 @@ def paired_p(a: pd.Series, b: pd.Series) -> Tuple[float, int]:
     return (1.0 if math.isnan(p) else p), n
 
 
+def paired_tests(x: np.ndarray, base: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sided paired t-tests of every column of ``x`` (queries x systems, NaN = no value) against ``base`` (one
+    column of the same queries), each over the queries both have; vectorised, same p-values as
+    ``scipy.stats.ttest_rel``. Returns ``(p, n, better, worse)`` per column: p is 1.0 where it is undefined (fewer
+    than two shared queries, or identical values) and 0.0 for a constant non-zero difference."""
+    from scipy.stats import t as t_dist
+    d = x - base[:, None]
+    ok = ~np.isnan(d)
+    n = ok.sum(axis=0)
+    dz = np.where(ok, d, 0.0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean = dz.sum(axis=0) / np.maximum(n, 1)
+        var = (np.where(ok, d - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n - 1, 1)
+        sd = np.sqrt(var)
+        tstat = mean / (sd / np.sqrt(np.maximum(n, 1)))
+        p = 2 * t_dist.sf(np.abs(tstat), np.maximum(n - 1, 1))
+    same = np.array([np.allclose(dz[:, j], 0.0) for j in range(d.shape[1])]) if d.size else np.zeros(0, bool)
+    p = np.where(n < 2, 1.0, np.where(same, 1.0, np.where(sd == 0, 0.0, p)))
+    p = np.where(np.isnan(p), 1.0, p)
+    better = (np.where(ok, d, 0.0) > 0).sum(axis=0)
+    worse = (np.where(ok, d, 0.0) < 0).sum(axis=0)
+    return p, n, better, worse
+
+
+def query_matrix(perquery: Dict[str, pd.Series], ids: List[str]) -> np.ndarray:
+    """The per-query values of ``ids`` as one matrix (queries in the union of their qids x ids; NaN where missing)."""
+    if not ids:
+        return np.zeros((0, 0))
+    frame = pd.concat([perquery[i].rename(k) for k, i in enumerate(ids)], axis=1, join='outer')
+    return frame.to_numpy(dtype=float)
+
+
 def tie_groups(means: Dict[str, float], perquery: Dict[str, pd.Series], alpha: float = ALPHA) -> Dict[str, Dict]:
     """Rank systems by mean, sharing ranks within tie groups.
 
@@ -285,20 +426,28 @@ def tie_groups(means: Dict[str, float], perquery: Dict[str, pd.Series], alpha: f
     comparisons made against that leader, p >= alpha) joins its group and shares its rank. Repeat on the rest.
     Rank = 1 + the number of systems in better groups. Systems without per-query values get rank None.
 
-    Returns ``{system: {'rank', 'leader', 'p', 'p_holm'}}`` (p values against the group's leader).
+    Returns ``{system: {'rank', 'leader', 'p', 'p_holm', 'size'}}`` (p values against the group's leader; size: how
+    many systems share the rank).
     """
-    out = {s: {'rank': None, 'leader': None, 'p': None, 'p_holm': None} for s in means}
-    remaining = sorted((s for s in means if s in perquery and not math.isnan(means[s])), key=lambda s: -means[s])
+    out = {s: {'rank': None, 'leader': None, 'p': None, 'p_holm': None, 'size': None} for s in means}
+    remaining = sorted((s for s in means if s in perquery and means[s] is not None and not math.isnan(means[s])),
+                       key=lambda s: -means[s])
+    matrix = query_matrix(perquery, remaining)
+    column = {s: k for k, s in enumerate(remaining)}
     ranked = 0
     while remaining:
         leader, others = remaining[0], remaining[1:]
-        raw = [paired_p(perquery[leader], perquery[o])[0] for o in others]
+        if others:
+            raw, _n, _b, _w = paired_tests(matrix[:, [column[o] for o in others]], matrix[:, column[leader]])
+            raw = [float(v) for v in raw]
+        else:
+            raw = []
         adjusted = holm(raw)
         group = [leader] + [o for o, p in zip(others, adjusted) if p >= alpha]
-        out[leader].update(rank=ranked + 1, leader=leader)
+        out[leader].update(rank=ranked + 1, leader=leader, size=len(group))
         for o, p, q in zip(others, raw, adjusted):
             if q >= alpha:
-                out[o].update(rank=ranked + 1, leader=leader, p=p, p_holm=q)
+                out[o].update(rank=ranked + 1, leader=leader, p=p, p_holm=q, size=len(group))
         ranked += len(group)
         remaining = [o for o in others if o not in group]
     return out

@@ -28,9 +28,10 @@ def assets_dir() -> Path:
 
 
 def script_json(obj) -> str:
-    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>``, ``&`` characters."""
+    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>``, ``&``, ``'`` characters."""
     text = json.dumps(json_clean(obj), ensure_ascii=False, sort_keys=True, allow_nan=False)
-    for ch, rep in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'), ('\u2028', '\\u2028'), ('\u2029', '\\u2029')):
+    for ch, rep in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'), ("'", '\\u0027'), ('\u2028', '\\u2028'),
+                    ('\u2029', '\\u2029')):
         text = text.replace(ch, rep)
     return text
 
@@ -59,9 +60,41 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def fmt_p(p) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
+    """A p-value to 2 significant digits: ``0.046``, ``0.2``, ``3.6e-08``."""
+    if p is None or isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
         return '–'
-    return f'{p:.2e}' if p < 1e-3 else f'{p:.3f}'
+    return f'{float(p):.2g}'
+
+
+def fmt_seconds(value) -> str:
+    """Wall time for people: ``0.8 s``, ``42 s``, ``12 min``, ``1.5 h``."""
+    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+        return '–'
+    if value < 10:
+        return f'{value:.2g} s' if value < 1 else f'{value:.1f} s'
+    if value < 120:
+        return f'{value:.0f} s'
+    if value < 7200:
+        return f'{value / 60:.0f} min'
+    return f'{value / 3600:.1f} h'
+
+
+def fmt_rate(value) -> str:
+    """Queries per second, 2-3 significant digits (``1.2k``)."""
+    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+        return '–'
+    if value >= 1000:
+        return f'{value / 1000:.3g}k'
+    return f'{value:.3g}' if value >= 1 else f'{value:.2g}'
+
+
+def fmt_claim_value(value) -> str:
+    """A claim's paper / ours value: numbers with 4 decimals, text unchanged, ``–`` when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '–'
+    if isinstance(value, float):
+        return f'{value:.4f}'
+    return str(value)
 
 
 def sort_value(value) -> str:
@@ -73,10 +106,11 @@ def environment():
     from markupsafe import Markup
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(assets_dir() / 'templates')),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=fmt, fmt_p=fmt_p, sortv=sort_value,
-                       script_json=lambda obj: Markup(script_json(obj)))
+    env.filters.update(fmt=fmt, fmt_p=fmt_p, sortv=sort_value, seconds=fmt_seconds, rate=fmt_rate,
+                       claim_value=fmt_claim_value, script_json=lambda obj: Markup(script_json(obj)))
     env.globals.update(TAG_KEYS=TAG_KEYS, ALPHA=ALPHA, sig_title=sig_title, sig_mark=sig_mark,
-                       rank_title=rank_title, verdict_class=verdict_class, claim_ci=claim_ci)
+                       rank_title=rank_title, verdict_class=verdict_class, claim_ci=claim_ci,
+                       table_sig_title=table_sig_title, number_like=number_like)
     return env
 
 
@@ -96,6 +130,8 @@ def verdict_class(verdict, kind=None) -> str:
     """A CSS class for a claim's verdict: good (supported / reproduced; "equivalent within ±m" for an "≈" claim),
     bad (different / contradicted / not ...; "equivalent" for a directional claim), or open (inconclusive)."""
     v = str(verdict or '').strip().lower()
+    if not v or v.startswith(('not measured', 'n/a', 'inconclusive')):
+        return 'v-open'
     if v.startswith('equivalent'):
         return 'v-good' if kind in (None, 'equivalence') else 'v-bad'
     if v.startswith('different'):
@@ -105,6 +141,21 @@ def verdict_class(verdict, kind=None) -> str:
     if v.startswith(('supported', 'reproduced', 'confirmed', 'yes', 'pass')):
         return 'v-good'
     return 'v-open'
+
+
+def number_like(value) -> bool:
+    """A claim value that is a number (sorted and aligned as one) rather than a sentence."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def table_sig_title(sig: Optional[Dict], baseline_name: str) -> str:
+    """The hover text of an overview cell's marker against the table's baseline."""
+    if not sig:
+        return ''
+    verdict = {1: 'significantly better than', -1: 'significantly worse than'}.get(
+        sig['direction'], 'not significantly different from')
+    return (f'{verdict} {baseline_name} (paired t-test over {sig["n"]} shared queries, Holm-corrected p = '
+            f'{fmt_p(sig["p_holm"])}; better on {sig["better"]}, worse on {sig["worse"]})')
 
 
 def sig_mark(sig: Optional[Dict]) -> str:
@@ -124,7 +175,9 @@ def sig_title(sig: Optional[Dict], baseline: Optional[str]) -> str:
     return f'{verdict} the baseline {baseline}' + (f' ({"; ".join(details)})' if details else '')
 
 
-def rank_title(cell: Dict, names: Dict[str, str]) -> str:
+def rank_title(cell: Optional[Dict], names: Dict[str, str]) -> str:
+    if not cell:
+        return 'not measured by this system\'s experiment'
     if cell.get('rank') is None:
         return 'no rank: no per-query values'
     if cell.get('p_vs_leader_holm') is None:
@@ -188,22 +241,40 @@ def csv_text(header: List[str], rows: List[List]) -> str:
 
 
 def overview_csv(tables: List[Dict]) -> str:
+    """One row per table x system x measure: value (blank when the system's experiment did not measure it), tie-group
+    rank, the table's baseline and the marker against it, and the experiment's own baseline test (pt.Experiment)."""
     header = ['table', 'dataset', 'collection', 'system_id', 'system', 'experiment', *TAG_KEYS, 'rank', 'measure',
-              'value', 'best', 'measure_rank', 'p_vs_group_leader_holm', 'baseline', 'vs_baseline', 'p_value',
-              'p_value_corrected', 'queries_better', 'queries_worse']
+              'value', 'best', 'measure_rank', 'p_vs_group_leader_holm', 'table_baseline', 'vs_baseline',
+              'p_vs_baseline', 'p_vs_baseline_holm', 'queries_better', 'queries_worse', 'experiment_baseline',
+              'vs_experiment_baseline', 'p_value', 'p_value_corrected', 'params', 'trained_on', 'train_wall_s',
+              'seconds', 'queries_per_s']
     rows = []
     for t in tables:
+        names = {r['system']['id']: r['system']['name'] for r in t['rows']}
         for r in t['rows']:
             s = r['system']
-            baseline = s['collections'][t['collection']]['baseline']
+            coll = s['collections'][t['collection']]
+            ctx = coll['context']
             for m in t['measures']:
-                c, sig = r['cells'][m], r['cells'][m]['vs_baseline'] or {}
-                vs = 'baseline' if s['is_baseline'] else ({1: 'better', -1: 'worse', 0: 'n.s.'}.get(sig.get('direction'))
-                                                          if sig else '')
+                c = r['cells'][m]
+                if c is None:
+                    rows.append([t['id'], t['dataset'], t['collection'], s['id'], s['name'], s['experiment'],
+                                 *[s['tags'].get(k, '') for k in TAG_KEYS], r['rank'], m] + [None] * 4 +
+                                [names.get(t['baseline'], '')] + [None] * 9 +
+                                [ctx['params'], ctx['trained_on'], ctx['train_wall_s'], ctx['seconds'], ctx['qps']])
+                    continue
+                sig = c['vs_baseline'] or {}
+                vs = 'baseline' if s['id'] == t['baseline'] else (
+                    {1: 'better', -1: 'worse', 0: 'n.s.'}.get(sig.get('direction')) if sig else '')
+                own = c['vs_experiment_baseline'] or {}
+                own_vs = 'baseline' if s['is_baseline'] else (
+                    {1: 'better', -1: 'worse', 0: 'n.s.'}.get(own.get('direction')) if own else '')
                 rows.append([t['id'], t['dataset'], t['collection'], s['id'], s['name'], s['experiment'],
                              *[s['tags'].get(k, '') for k in TAG_KEYS], r['rank'], m, c['value'], c['best'],
-                             c['rank'], c['p_vs_leader_holm'], baseline, vs, sig.get('p'), sig.get('p_corrected'),
-                             sig.get('better'), sig.get('worse')])
+                             c['rank'], c['p_vs_leader_holm'], names.get(t['baseline'], ''), vs, sig.get('p'),
+                             sig.get('p_holm'), sig.get('better'), sig.get('worse'), coll['baseline'], own_vs,
+                             own.get('p'), own.get('p_corrected'), ctx['params'], ctx['trained_on'],
+                             ctx['train_wall_s'], ctx['seconds'], ctx['qps']])
     return csv_text(header, rows)
 
 
@@ -242,13 +313,103 @@ def claims_csv(studies: List[Dict]) -> str:
 def public_system(s: Dict) -> Dict:
     """A system as exported to JSON (no internal references)."""
     meta = s['_exp'].meta
-    return {k: v for k, v in s.items() if not k.startswith('_')} | {
+    collections = {c: {k: v for k, v in coll.items() if k != 'perquery'} | {'perquery_csv': f'data/perquery/{s["id"]}.csv'}
+                   for c, coll in s['collections'].items()}   # per-query values: in the CSVs, not repeated here
+    return {k: v for k, v in s.items() if not k.startswith('_')} | {'collections': collections} | {
         'command': meta.get('command'), 'seed': meta.get('seed'), 'git_commit': meta.get('git_commit'),
         'versions': meta.get('versions'), 'created': meta.get('created'), 'wall_time_s': meta.get('wall_time_s'),
-        'config': meta.get('config')}
+        'config': meta.get('config'), 'platform': meta.get('platform')}
 
 
 def public_table(t: Dict) -> Dict:
-    return {**{k: v for k, v in t.items() if k != 'rows'},
+    return {**{k: v for k, v in t.items() if k not in ('rows', 'comparisons')},
             'rows': [{'system_id': r['system']['id'], 'system': r['system']['name'], 'rank': r['rank'],
-                      'cells': r['cells']} for r in t['rows']]}
+                      'cells': r['cells']} for r in t['rows']],
+            'comparisons': t['comparisons']}
+
+
+def table_script(t: Dict) -> Dict:
+    """What the overview's baseline chooser needs: ``{m: measures, names, b: {baseline: {measure: {system: [direction,
+    p_holm, better, worse, n]}}}}`` (compact: the page's JSON)."""
+    names = {r['system']['id']: f'{r["system"]["name"]} ({r["system"]["experiment"]})' for r in t['rows']}
+    return {'measures': t['measures'], 'names': names, 'default': t['baseline'],
+            'b': {base: {m: {sid: [c['direction'], c['p_holm'], c['better'], c['worse'], c['n']]
+                             for sid, c in per.items()} for m, per in by_m.items()}
+                  for base, by_m in t['comparisons'].items()}}
+
+
+def scatter_chart(t: Dict, width: int = 760, height: int = 320) -> str:
+    """Quality vs cost of one table as a static SVG: x = milliseconds per query from the run's timings (log scale),
+    y = the table's primary measure; the Pareto front of the fully timed systems (nothing both cheaper and better) is
+    drawn and labelled, as is the best system. Runs read from a precomputed first stage are hollow: their first
+    stage's cost is not in the timing, so they are left out of the front."""
+    m = t['primary']
+    pts = []
+    for r in t['rows']:
+        s = r['system']
+        ctx = s['collections'][t['collection']]['context']
+        cell = r['cells'][m]
+        if cell is None or cell.get('value') is None or not ctx.get('ms_per_query'):
+            continue
+        pts.append((ctx['ms_per_query'], cell['value'], s['name'], s['experiment'], bool(ctx['precomputed_runs'])))
+    if len(pts) < 2:
+        return ''
+    left, right, top, bottom = 58, 28, 14, 44
+    pw, ph = width - left - right, height - top - bottom
+    xs = [math.log10(p[0]) for p in pts]
+    x0, x1 = math.floor(min(xs)), math.ceil(max(xs))
+    if x1 == x0:
+        x1 = x0 + 1
+    ys = [p[1] for p in pts]
+    y0, y1 = min(ys), max(ys)
+    pad = max((y1 - y0) * 0.08, 0.01)
+    y0, y1 = max(0.0, y0 - pad), y1 + pad
+
+    def X(v):
+        return left + (math.log10(v) - x0) / (x1 - x0) * pw
+
+    def Y(v):
+        return top + (1 - (v - y0) / (y1 - y0)) * ph
+    label = f'{m} against milliseconds per query, {t["collection"]}'
+    parts = [f'<svg class="chart scatter" role="img" viewBox="0 0 {width} {height}" width="100%" '
+             f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(label)}">']
+    for e in range(x0, x1 + 1):
+        x = X(10 ** e)
+        ms = 10 ** e
+        text = f'{ms / 1000:g} s' if ms >= 1000 else (f'{ms:g} ms' if ms >= 1 else f'{ms * 1000:g} µs')
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" class="grid"/>'
+                     f'<text x="{x:.1f}" y="{top + ph + 16}" class="tick mid">{escape(text)}</text>')
+    for k in range(5):
+        v = y0 + (y1 - y0) * k / 4
+        y = Y(v)
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick">{v:.3f}</text>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" class="axis"/>'
+                 f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" class="axis"/>'
+                 f'<text x="{left + pw / 2:.1f}" y="{height - 6}" class="caption mid">milliseconds per query '
+                 f'(log scale; lower is cheaper)</text>'
+                 f'<text x="14" y="{top + ph / 2:.1f}" class="caption mid" transform="rotate(-90 14 {top + ph / 2:.1f})">'
+                 f'{escape(m)}</text>')
+    front, best = [], -1.0   # only over fully timed systems: a precomputed first stage's cost is unknown
+    for p in sorted((p for p in pts if not p[4]), key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    if len(front) > 1:
+        line = ' '.join(f'{X(p[0]):.1f},{Y(p[1]):.1f}' for p in front)
+        parts.append(f'<polyline points="{line}" class="front"/>')
+    on_front = {id(p) for p in front}
+    for p in sorted(pts, key=lambda p: id(p) in on_front):
+        cls = 'pt' + (' hollow' if p[4] else '') + (' front' if id(p) in on_front else '')
+        tip = (f'{p[2]} ({p[3]}): {m} {p[1]:.4f}, {p[0]:.3g} ms per query'
+               + ('; first stage read from a precomputed run (not timed)' if p[4] else ''))
+        parts.append(f'<circle cx="{X(p[0]):.1f}" cy="{Y(p[1]):.1f}" r="5" class="{cls}"><title>{escape(tip)}</title></circle>')
+    labelled = list(front) + [p for p in pts if p[1] == max(ys) and p not in front]
+    for p in labelled:
+        x, y = X(p[0]), Y(p[1])
+        name = p[2] if len(p[2]) <= 30 else p[2][:29] + '…'
+        anchor = 'end' if x > left + pw * 0.7 else 'start'
+        dx = -8 if anchor == 'end' else 8
+        parts.append(f'<text x="{x + dx:.1f}" y="{y - 7:.1f}" class="label" text-anchor="{anchor}">{escape(name)}</text>')
+    parts.append('</svg>')
+    return ''.join(parts)

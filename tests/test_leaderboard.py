@@ -226,7 +226,9 @@ def test_every_string_is_escaped(results, tmp_path):
             assert payload not in text, (page, payload)
         parser = _Links()
         parser.feed(text)
-        assert all(set(s) <= {'src', 'type', 'id'} for s in parser.scripts)
+        # our own script (src) and JSON data blocks only: no inline code, no other attributes
+        assert all(set(s) <= {'src'} or (s.get('type') == 'application/json' and set(s) <= {'type', 'id', 'class', 'data-table'})
+                   for s in parser.scripts), parser.scripts
         assert all(i.get('src', '').startswith('../sources/') for i in parser.imgs), parser.imgs
         # embedded JSON never contains a raw < > &
         for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S):
@@ -434,3 +436,237 @@ def test_analysis_only_folder_gets_a_study_page(results, tmp_path):
     page = next((site / 'studies').glob('knowacq-*.html')).read_text()
     assert 'ndcg-per-query.png' in page and 'ndcg-summary.csv' in page and 'No claims' in page
     assert 'v-good' in next((site / 'studies').glob('spine-*.html')).read_text()
+
+
+# --- one table per collection, one explicit baseline, smoke tests, published paths, the shipped site ------------
+
+def _meta(folder: Path) -> dict:
+    return json.loads((folder / 'meta.json').read_text())
+
+
+def _set_meta(folder: Path, **changes) -> None:
+    meta = _meta(folder)
+    meta.update(changes)
+    (folder / 'meta.json').write_text(json.dumps(meta))
+
+
+def _drop_measure(folder: Path, measure: str) -> None:
+    """The folder as an experiment that did not measure ``measure``: its columns, per-query rows and declaration go."""
+    agg_file, pq_file = folder / 'dl19' / 'aggregated.csv', folder / 'dl19' / 'perquery.csv'
+    agg = pd.read_csv(agg_file)
+    agg.drop(columns=[c for c in agg.columns if c == measure or c.startswith(measure + ' ')]).to_csv(agg_file, index=False)
+    pq = pd.read_csv(pq_file, dtype=str)
+    pq[pq.measure != measure].to_csv(pq_file, index=False)
+    keep = [m for m in MEASURES if m != measure]
+    meta = _meta(folder)
+    meta['measures'] = keep
+    meta['collections'][0]['measures'] = keep
+    (folder / 'meta.json').write_text(json.dumps(meta))
+
+
+def test_one_table_per_collection_with_blank_cells_and_one_baseline(results, tmp_path):
+    """Two experiments on DL19 with different measure sets share one table (blank cells, never two tables); a third
+    on other data content (another fingerprint) is never merged; every marker is against the one table baseline and
+    equals a paired t-test + Holm computed here with scipy and statsmodels; each system can be the baseline."""
+    other = tmp_path / 'other'
+    write_results_folder(other, {'RepLLaMA': 'repllama', 'BM25+RM3': 'bm25-rm3'}, experiment='second', baseline='BM25+RM3')
+    _drop_measure(other, 'R(rel=2)@100')
+    changed = tmp_path / 'changed'
+    write_results_folder(changed, {'BM25': 'bm25', 'TAS-B': 'tasb'}, experiment='edited-qrels')
+    for f in (results['first'], other):
+        meta = _meta(f)
+        meta['collections'][0]['dataset_fingerprint'] = 'a' * 64
+        (f / 'meta.json').write_text(json.dumps(meta))
+    meta = _meta(changed)
+    meta['collections'][0]['dataset_fingerprint'] = 'b' * 64
+    (changed / 'meta.json').write_text(json.dumps(meta))
+    site = build_site([results['first'], other, changed], tmp_path / 'site').parent
+    board = json.loads((site / 'data' / 'leaderboard.json').read_text())
+    dl19 = [t for t in board['tables'] if t['collection'] == 'dl19']
+    assert len(dl19) == 2                                                 # one per data content, never merged
+    table = next(t for t in dl19 if len(t['rows']) == 6)
+    assert table['measures'] == MEASURES and table['partial_measures'] == ['R(rel=2)@100']
+    rows = {r['system']: r for r in table['rows']}
+    assert rows['RepLLaMA']['cells']['R(rel=2)@100'] is None              # blank: 'second' did not measure it
+    html = (site / 'index.html').read_text()
+    assert html.count('class="num blank"') == 2 and 'were not measured by every experiment' in html \
+        or 'was not measured by every experiment' in html
+    # one explicit baseline: the declared baseline of the most systems (BM25 of the first folder), shown and choosable
+    first_bm25 = next(r['system_id'] for r in table['rows'] if r['system'] == 'BM25')
+    assert table['baseline'] == first_bm25
+    assert set(table['comparisons']) == {r['system_id'] for r in table['rows']}
+    assert 'against the baseline' in html and 'select class="baseline"' in html
+    # markers against the table baseline = scipy paired t-test over shared queries, Holm over the table's comparisons
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+    pq = pd.concat([pd.read_csv(f / 'dl19' / 'perquery.csv', dtype={'qid': str}).assign(src=f.name)
+                    for f in (results['first'], other)])
+    ids = {r['system_id']: r['system'] for r in table['rows']}
+    for base in (first_bm25, next(r['system_id'] for r in table['rows'] if r['system'] == 'RepLLaMA')):
+        for m in ('nDCG@10', 'RR(rel=2)@10'):
+            nd = pq[pq.measure == m].pivot_table(index='qid', columns='name', values='value', aggfunc='first')
+            others = [sid for sid in ids if sid != base]
+            raw = [ttest_rel(nd[ids[sid]], nd[ids[base]]).pvalue for sid in others]
+            adjusted = multipletests(raw, method='holm')[1]
+            got = table['comparisons'][base][m]
+            for sid, p in zip(others, adjusted):
+                assert got[sid]['p_holm'] == pytest.approx(float(f'{p:.2g}'), rel=1e-9, abs=1e-12)
+                mean_s, mean_b = nd[ids[sid]].mean(), nd[ids[base]].mean()
+                assert got[sid]['direction'] == ((1 if mean_s > mean_b else -1) if p < 0.05 else 0)
+    # the page's default markers are against that baseline only (the experiments' own baselines differ)
+    over = pd.read_csv(site / 'data' / 'overview.csv')
+    over = over[over.table == table['id']]
+    assert set(over.table_baseline) == {'BM25'}
+    assert set(over[over.system_id == first_bm25].vs_baseline) == {'baseline'}
+    assert set(over[over.system == 'RepLLaMA'].experiment_baseline.dropna()) == {'BM25+RM3'}   # kept, on the side
+    # tie groups are explained above the table, in view
+    assert 'Rank = tie group on nDCG@10' in html
+
+
+def test_smoke_tests_are_left_out_unless_asked_for(results, tmp_path):
+    ci = tmp_path / 'knowacq-ci'
+    shutil.copytree(results['xss'], ci)
+    _set_meta(ci, experiment='knowacq-ci', study='knowacq')
+    limited = tmp_path / 'limited'
+    shutil.copytree(results['xss'], limited)
+    _set_meta(limited, experiment='quick', command='knowacq run experiments/quick.yaml --limit-topics 2')
+    with pytest.warns(LeaderboardWarning, match='smoke test') as record:
+        site = build_site([results['first'], ci, limited], tmp_path / 'site').parent
+    assert sum('smoke test' in str(w.message) for w in record) == 2
+    board = json.loads((site / 'data' / 'leaderboard.json').read_text())
+    assert {s['experiment'] for s in board['systems']} == {'dl19-first-stage'}
+    assert not list((site / 'studies').glob('knowacq-*.html'))
+    site2 = build_site([results['first'], ci], tmp_path / 'site2', include_smoke=True).parent
+    assert {s['experiment'] for s in json.loads((site2 / 'data' / 'leaderboard.json').read_text())['systems']} == \
+        {'dl19-first-stage', 'knowacq-ci'}
+    with pytest.warns(LeaderboardWarning, match='smoke test'):            # a later build without the flag drops it
+        build_site([], site2)
+    assert len(json.loads((site2 / 'manifest.json').read_text())['sources']) == 1
+
+
+ABSOLUTE = re.compile(r'(?<![\w.:/~$@-])/(?:tmp|root|home|work|Users|var|private|mnt|opt|srv)/')
+
+
+def _published_text(site: Path):
+    for path in sorted(site.rglob('*')):
+        if path.is_file() and path.suffix in ('.html', '.json', '.csv', '.md', '.yaml', '.tsv', '.jsonl', '.js', '.css'):
+            yield path, path.read_text(encoding='utf-8', errors='replace')
+
+
+def test_no_absolute_path_or_host_name_is_published(results, tmp_path):
+    import socket
+    meta = _meta(results['first'])
+    meta['command'] = f'knowacq run {tmp_path}/experiments/dl19-first-stage.yaml -o {tmp_path}/out --overwrite'
+    meta['models'] = {'dl19': {'C': f'{tmp_path}/cache/models/trained/0d83399e441ab519'}}
+    meta['training'] = {'dl20': {'C': {'folder': '/root/.cache/pyterrier_knowacq/models/trained/0d83'}}}
+    (results['first'] / 'meta.json').write_text(json.dumps(meta))
+    (results['first'] / 'tables' / 'paths.csv').write_text(f'model,path\nC,{tmp_path}/cache/models/C\n')
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    with pytest.warns(LeaderboardWarning) as record:
+        site = build_site([results['first'], broken], tmp_path / 'site').parent
+    assert any(str(broken) in str(w.message) for w in record)     # the console names the folder in full ...
+    host = socket.gethostname()
+    for path, text in _published_text(site):                         # ... a published file never
+        assert not ABSOLUTE.search(text), (path, ABSOLUTE.search(text).group(0))
+        assert str(tmp_path) not in text and str(Path.cwd()) not in text, path
+        if len(host) >= 4:
+            assert not re.search(r'(?<![\w.-])' + re.escape(host) + r'(?![\w-])', text), path
+    page = next(p for p in (site / 'systems').glob('*tas-b.html')).read_text()
+    # the rebuild commands are relative to the repository: the experiment file, results/<name>, knowacq verify
+    assert '.venv/bin/knowacq run experiments/dl19-first-stage.yaml -o results/dl19-first-stage --overwrite' in page
+    assert '.venv/bin/knowacq verify results/dl19-first-stage --system TAS-B' in page
+    assert 'class="copy"' in page and '$KNOWACQ_CACHE/models/trained/0d83399e441ab519' in \
+        (site / 'sources' / json.loads((site / 'manifest.json').read_text())['sources'][0]['id'] / 'meta.json').read_text()
+
+
+def test_system_context_parameters_training_and_cost(results, tmp_path):
+    from pyterrier_knowacq.leaderboard_model import system_context
+    meta = {'config': {'models': {'C': {'backbone': 'minilm-l6', 'stages': [
+        {'loss': 'lce', 'data': {'run': 'bm25', 'extra': ['msmarco-train']}, 'steps': 320},
+        {'loss': 'ranknet', 'data': {'teacher': 'rankgpt-3.5'}, 'steps': 100}]}}},
+        'timings': {'dl19': {'BM25 >> C': 43.0, 'BM25': 0.5}},
+        'resources': {'train: dl20/C': {'wall_s': 812.5, 'peak_rss_mb': 2100}},
+        'platform': {'cpu': 'Some CPU', 'logical_cores': 2, 'ram_gb': 8, 'gpus': [], 'cuda': None}}
+    coll = {'name': 'dl19', 'train': 'dl20', 'train_dataset': 'msmarco-passage', 'num_queries': 43}
+    ctx = system_context(meta, 'BM25 >> C', 'bm25(k=100) >> text >> ce(model=C)', coll)
+    assert ctx['params'] == 22_713_216 and ctx['params_text'] == '22.7M'
+    assert ctx['trained_on'] == 'msmarco-passage dl20 · teacher rankgpt-3.5'
+    assert ctx['train_wall_s'] == 812.5 and ctx['qps'] == pytest.approx(1.0) and ctx['ms_per_query'] == pytest.approx(1000)
+    assert ctx['models'][0]['losses'] == ['lce', 'ranknet'] and ctx['models'][0]['steps'] == 420
+    assert 'Some CPU; 2 logical cores; 8 GB RAM; no GPU' == ctx['platform']
+    bm25 = system_context(meta, 'BM25', 'bm25(k=100)', coll)
+    assert (bm25['params'], bm25['trained_on'], bm25['train_wall_s']) == (0, 'none', None)
+    zero_shot = system_context(meta, 'X', 'run(name=bm25) >> text >> biencoder(model=minilm-l6)', coll)
+    assert zero_shot['trained_on'] == 'none' and zero_shot['params'] == 22_713_216 and zero_shot['precomputed_runs'] == ['bm25']
+    site = build_site([results['first']], tmp_path / 'site').parent
+    html = (site / 'index.html').read_text()
+    assert '<th data-type="num" data-key="params"' in html and 'Trained on' in html and 'q/s' in html
+    assert '<svg class="chart scatter"' in html                      # quality vs cost per collection
+    assert 'milliseconds per query' in html
+
+
+def test_study_page_rounds_numbers_and_shows_each_plot_once(results, tmp_path):
+    (results['first'] / 'tables' / 'probe.csv').write_text(
+        'layer,accuracy,p_value,p_holm,n_test,label\n0,0.5045871559633027,0.000123456789,0.0489123,218,a\n'
+        '1,0.61,1.0,0.5,218,b\n')
+    site = build_site([results['first']], tmp_path / 'site').parent
+    page = next((site / 'studies').glob('spine-*.html')).read_text()
+    assert '>0.5046<' in page and '>0.00012<' in page and '>0.049<' in page and '>218<' in page
+    assert '0.5045871559633027' in page                              # the full value stays in the sort key / hover
+    assert page.count('<img ') == 1                                  # ndcg-per-query: the SVG, once ...
+    assert 'ndcg-per-query.svg' in page and '>PNG</a>' in page       # ... the PNG as a download
+    assert 'class="zoom"' in page
+    claims = page[page.index('class="lb sortable claims'):].split('</table>')[0]
+    assert '>0.7170<' in claims                                       # measures: 4 decimals
+    p = json.loads((results['first'] / 'report.json').read_text())['claims'][0]['p_value']
+    assert f'>{p:.2g}<' in page                                      # p-values to 2 significant digits
+
+
+def test_pack_and_build_from_archives(results, tmp_path):
+    from pyterrier_knowacq.leaderboard import pack_results
+    meta = _meta(results['first'])
+    meta['command'] = 'knowacq run experiments/dl19-first-stage.yaml -o /tmp/somewhere/out'
+    (results['first'] / 'meta.json').write_text(json.dumps(meta))
+    a = pack_results(results['first'], tmp_path / 'packed')
+    first = a.read_bytes()
+    assert pack_results(results['first'], tmp_path / 'packed') == a and a.read_bytes() == first   # deterministic
+    import tarfile
+    with tarfile.open(a) as tar:
+        names = sorted(tar.getnames())
+        text = tar.extractfile('dl19-first-stage/meta.json').read().decode()
+    assert 'dl19-first-stage/dl19/aggregated.csv' in names and not [n for n in names if n.endswith('.res.gz')]
+    assert 'dl19-first-stage/plots/ndcg-per-query.svg' in names and 'dl19-first-stage/plots/ndcg-per-query.png' not in names
+    assert '/tmp/somewhere' not in text and '…/out' in text
+    site = build_site([a], tmp_path / 'site').parent
+    assert 'TAS-B' in (site / 'index.html').read_text()
+    manifest = json.loads((site / 'manifest.json').read_text())
+    assert manifest['sources'][0]['label'].endswith('dl19-first-stage.tar.gz')
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / 'leaderboard' / 'results'
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason='no leaderboard/results in this checkout')
+def test_shipped_site_builds_fast_deterministic_and_clean(tmp_path):
+    """CI builds the published site: from leaderboard/results/*.tar.gz in under a minute, byte for byte the same twice,
+    no smoke test, no absolute path; DL19 is one table with every experiment's systems."""
+    import time
+    from pyterrier_knowacq.cli import main as knowacq
+    started = time.perf_counter()
+    assert knowacq(['leaderboard', '--shipped', '-o', str(tmp_path / 'a')]) == 0
+    seconds = time.perf_counter() - started
+    assert seconds < 60, seconds
+    from pyterrier_knowacq.leaderboard import build_shipped
+    build_shipped(tmp_path / 'b')
+    files_a = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / 'b') for p in (tmp_path / 'b').rglob('*') if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert (tmp_path / 'a' / rel).read_bytes() == (tmp_path / 'b' / rel).read_bytes(), rel
+    board = json.loads((tmp_path / 'a' / 'data' / 'leaderboard.json').read_text())
+    assert not [s for s in board['systems'] if s['experiment'].endswith('-ci')] and not board['problems']
+    dl19 = [t for t in board['tables'] if t['collection'] == 'dl19']
+    assert len(dl19) == 1 and len(dl19[0]['experiments']) >= 2
+    for path, text in _published_text(tmp_path / 'a'):
+        assert not ABSOLUTE.search(text), (path, ABSOLUTE.search(text).group(0))

@@ -2,7 +2,11 @@
 
 Builds a site from real result folders (one whose system names are script-injection attempts), opens it from
 file://, and checks: no console errors, sorting reorders rows, a system link opens its per-query page, and none of
-the injected markup executes or even becomes an element. A screenshot of each page is saved in the test's tmp dir.
+the injected markup executes or even becomes an element. The layout is checked at 1280 and 390 px on the shipped
+site (leaderboard/results): study tables never wider than their container, the verdict column in view at 1280 px,
+no page-level horizontal overflow at 390 px, a sticky System column; sorting, filtering and the table baseline
+survive a reload through the address. Screenshots go to ``$KNOWACQ_TEST_ARTIFACTS/screenshots`` (CI uploads them),
+else to the test's tmp dir.
 """
 from __future__ import annotations
 
@@ -77,10 +81,38 @@ def _problems(driver):
 
 
 def _order(driver, table):
-    return [r.get_attribute('data-name') for r in table.find_elements('css selector', 'tbody tr')]
+    return [r.get_attribute('data-name') for r in table.find_elements('css selector', 'tbody tr.main')]
+
+
+def _shots(tmp_path):
+    """Where screenshots go: $KNOWACQ_TEST_ARTIFACTS/screenshots (kept as CI artifacts), else the test's tmp dir."""
+    import os
+    from pathlib import Path
+    root = os.environ.get('KNOWACQ_TEST_ARTIFACTS')
+    folder = Path(root) / 'screenshots' if root else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _full_page_shot(driver, path, width):
+    """A screenshot of the whole page at ``width`` CSS px (the window grown to the page height, at most 8000 px)."""
+    inner = driver.execute_script('return window.innerWidth')
+    height = driver.execute_script('return document.documentElement.scrollHeight')
+    driver.set_window_size(width + (width - inner) if inner != width else width, min(height, 8000))
+    driver.save_screenshot(str(path))
+    print(f'screenshot: {path}')
+
+
+def _at_width(driver, width, height=1000):
+    driver.set_window_size(width, height)
+    inner = driver.execute_script('return window.innerWidth')
+    if inner != width:   # the window has borders: make the viewport itself `width` px wide
+        driver.set_window_size(width + (width - inner), height)
+    assert driver.execute_script('return window.innerWidth') == width
 
 
 def test_site_in_headless_chromium(driver, tmp_path):
+    _at_width(driver, 1360)
     results = tmp_path / 'results'
     write_results_folder(results / 'xss', {XSS_NAMES[0]: 'bm25', XSS_NAMES[1]: 'tasb', XSS_NAMES[2]: 'repllama'},
                          experiment='xss</script><script>alert(2)</script>', study='<u>study</u>',
@@ -101,7 +133,7 @@ def test_site_in_headless_chromium(driver, tmp_path):
     options = [o.get_attribute('value') for o in backbone.find_elements('tag name', 'option')]
     assert '</script><img src=x onerror=alert(3)>' in options
 
-    shot = tmp_path / 'leaderboard-overview.png'
+    shot = _shots(tmp_path) / 'leaderboard-overview.png'
     driver.save_screenshot(str(shot))
     print(f'\nscreenshot: {shot}')
 
@@ -117,10 +149,10 @@ def test_site_in_headless_chromium(driver, tmp_path):
     # filtering by first stage hides the other rows
     from selenium.webdriver.support.ui import Select
     Select(driver.find_element('css selector', 'select[data-filter="first_stage"]')).select_by_value('bm25')
-    visible = [r for r in table.find_elements('css selector', 'tbody tr') if r.is_displayed()]
+    visible = [r for r in table.find_elements('css selector', 'tbody tr.main') if r.is_displayed()]
     assert len(visible) == 2 and len(before) == 6
     Select(driver.find_element('css selector', 'select[data-filter="first_stage"]')).select_by_value('')
-    assert len([r for r in table.find_elements('css selector', 'tbody tr') if r.is_displayed()]) == 6
+    assert len([r for r in table.find_elements('css selector', 'tbody tr.main') if r.is_displayed()]) == 6
     assert _problems(driver) == []
 
     # a system link opens its per-query page
@@ -135,11 +167,11 @@ def test_site_in_headless_chromium(driver, tmp_path):
     rows = driver.find_elements('css selector', 'table.perquery tbody tr')
     assert len(rows) == 43
     assert driver.find_elements('css selector', 'svg.chart rect')
-    shot = tmp_path / 'leaderboard-system.png'
+    shot = _shots(tmp_path) / 'leaderboard-system.png'
     driver.save_screenshot(str(shot))
     print(f'screenshot: {shot}')
     driver.execute_script('window.scrollTo(0, document.querySelector("figure.chart").offsetTop - 20)')
-    shot = tmp_path / 'leaderboard-system-chart.png'
+    shot = _shots(tmp_path) / 'leaderboard-system-chart.png'
     driver.save_screenshot(str(shot))
     print(f'screenshot: {shot}')
     assert _problems(driver) == []
@@ -149,7 +181,7 @@ def test_site_in_headless_chromium(driver, tmp_path):
     driver.get(study.resolve().as_uri())
     assert driver.find_elements('css selector', 'table.claims tbody tr')
     assert all(img.get_attribute('naturalWidth') != '0' for img in driver.find_elements('css selector', '.plots img'))
-    shot = tmp_path / 'leaderboard-study.png'
+    shot = _shots(tmp_path) / 'leaderboard-study.png'
     driver.save_screenshot(str(shot))
     print(f'screenshot: {shot}')
     assert _problems(driver) == []
@@ -189,12 +221,13 @@ def test_quickstart_file_site_in_headless_chromium(driver, tmp_path, capsys):
 
 
 def _check_quickstart_site(driver, index, tmp_path):
+    _at_width(driver, 1360)
     driver.get(index.resolve().as_uri())
     tables = driver.find_elements('css selector', 'table.lb[data-table]')
     assert len(tables) == 2  # dl19 and dl20
     names = [a.text for a in tables[0].find_elements('css selector', 'a.syslink')]
     assert set(names) == {'BM25', 'PISA BM25 (31k slice)', 'BM25 >> MiniLM bi-encoder'}
-    shot = tmp_path / 'quickstart-overview.png'
+    shot = _shots(tmp_path) / 'quickstart-overview.png'
     driver.save_screenshot(str(shot))
     print(f'\nscreenshot: {shot}')
     before = _order(driver, tables[0])
@@ -207,7 +240,151 @@ def _check_quickstart_site(driver, index, tmp_path):
         time.sleep(0.1)
     assert driver.find_elements('css selector', 'table.perquery tbody tr')
     assert driver.find_elements('css selector', 'svg.chart rect')
-    shot = tmp_path / 'quickstart-system.png'
+    shot = _shots(tmp_path) / 'quickstart-system.png'
     driver.save_screenshot(str(shot))
     print(f'screenshot: {shot}')
+    assert _problems(driver) == []
+
+
+# --- layout at 1280 and 390 px, state in the address: on the shipped site (leaderboard/results) -----------------
+
+OVERFLOW = """
+var out = [];
+document.querySelectorAll('table').forEach(function (t) {
+  if (!t.offsetParent) { return; }
+  var box = t.parentElement.getBoundingClientRect(), own = t.getBoundingClientRect();
+  if (own.width > t.parentElement.clientWidth + 1) { out.push(t.className + ': ' + Math.round(own.width) + ' > ' + t.parentElement.clientWidth); }
+});
+return out;
+"""
+
+
+@pytest.fixture(scope='module')
+def shipped_site(tmp_path_factory):
+    from pathlib import Path
+    from pyterrier_knowacq.leaderboard import build_shipped
+    if not (Path(__file__).resolve().parents[1] / 'leaderboard' / 'results').is_dir():
+        pytest.skip('no leaderboard/results in this checkout')
+    return build_shipped(tmp_path_factory.mktemp('shipped') / 'site').parent
+
+
+def test_study_pages_fit_1280_and_390(driver, shipped_site, tmp_path):
+    """Every table of every study page fits its container (no horizontal scroll) at 1280 and 390 px, the verdict
+    column is inside the viewport at 1280 px, the claims stack into cards at 390 px, and each plot is shown once."""
+    studies = sorted((shipped_site / 'studies').glob('*.html'))
+    assert studies
+    shots = _shots(tmp_path)
+    for width in (1280, 390):
+        for page in studies:
+            _at_width(driver, width)
+            driver.get(page.resolve().as_uri())
+            assert driver.execute_script(OVERFLOW) == [], (page.name, width)
+            assert driver.execute_script('return document.documentElement.scrollWidth') <= width, (page.name, width)
+            claims = driver.find_elements('css selector', 'table.claims')
+            for table in claims:
+                verdicts = table.find_elements('css selector', 'td.verdict-cell .verdict')
+                assert verdicts and all(v.text.strip() for v in verdicts)
+                if width == 1280:
+                    head = table.find_element('css selector', 'th.h-verdict')
+                    right = driver.execute_script('return arguments[0].getBoundingClientRect().right', head)
+                    assert right <= 1280, (page.name, right)
+                    assert table.find_element('css selector', 'thead').is_displayed()
+                else:   # stacked: the header row is hidden, each cell carries its label
+                    assert driver.execute_script(
+                        'return getComputedStyle(arguments[0].querySelector("tbody tr")).display', table) == 'block'
+            imgs = driver.find_elements('css selector', '.plots img')
+            srcs = [i.get_attribute('src').rsplit('/', 1)[-1].rsplit('.', 1)[0] for i in imgs]
+            assert len(srcs) == len(set(srcs)), 'a plot is shown twice'
+            _full_page_shot(driver, shots / f'study-{page.stem}-{width}.png', width)
+    assert _problems(driver) == []
+
+
+def test_plot_enlarges_on_click(driver, shipped_site):
+    page = next(p for p in sorted((shipped_site / 'studies').glob('*.html')) if 'class="zoom"' in p.read_text())
+    _at_width(driver, 1280)
+    driver.get(page.resolve().as_uri())
+    link = driver.find_element('css selector', 'a.zoom')
+    driver.execute_script('arguments[0].scrollIntoView()', link)
+    small = driver.execute_script('return arguments[0].querySelector("img").getBoundingClientRect().width', link)
+    link.click()
+    dialog = driver.find_element('css selector', 'dialog.zoom-dialog')
+    assert dialog.get_attribute('open') is not None
+    big = driver.execute_script('return document.querySelector("dialog.zoom-dialog img").getBoundingClientRect().width')
+    assert big > small * 1.5, (small, big)
+    dialog.find_element('css selector', 'button.zoom-close').click()
+    assert dialog.get_attribute('open') is None
+    assert _problems(driver) == []
+
+
+def test_overview_390_no_overflow_sticky_system(driver, shipped_site, tmp_path):
+    """At 390 px the page never scrolls sideways; each table scrolls inside its box with the System column stuck to
+    the left; at 1280 px the same. The first score column is visible at 390 px without scrolling."""
+    shots = _shots(tmp_path)
+    index = shipped_site / 'index.html'
+    for width in (1280, 390):
+        _at_width(driver, width)
+        driver.get(index.resolve().as_uri())
+        assert driver.execute_script('return document.documentElement.scrollWidth') <= width
+        table = driver.find_element('css selector', 'table.lb[data-table]')
+        box = driver.execute_script('return arguments[0].parentElement', table)
+        cell = table.find_element('css selector', 'tbody tr.main td.system')
+        first_score = table.find_elements('css selector', 'tbody tr.main td.num')[0]
+        assert driver.execute_script('return arguments[0].getBoundingClientRect().right', first_score) <= width
+        if width == 390:
+            before = driver.execute_script('return arguments[0].getBoundingClientRect().left', cell)
+            driver.execute_script('arguments[0].scrollLeft = 400', box)
+            assert driver.execute_script('return arguments[0].scrollLeft', box) > 0
+            after = driver.execute_script('return arguments[0].getBoundingClientRect().left', cell)
+            assert abs(after - before) < 1, (before, after)          # sticky: it did not move
+            driver.execute_script('arguments[0].scrollLeft = 0', box)
+        # a row expands to its context and the commands that rebuild it, with a copy button
+        button = table.find_element('css selector', 'tbody tr.main button.expand')
+        driver.execute_script('arguments[0].scrollIntoView({block: "center"})', button)
+        button.click()
+        detail = driver.find_element('id', button.get_attribute('aria-controls'))
+        assert detail.is_displayed() and '.venv/bin/knowacq run ' in detail.text and 'knowacq verify' in detail.text
+        assert detail.find_element('css selector', 'button.copy').is_displayed()
+        assert driver.execute_script('return document.documentElement.scrollWidth') <= width
+        button.click()
+        driver.execute_script('window.scrollTo(0, 0)')
+        _full_page_shot(driver, shots / f'overview-{width}.png', width)
+    assert _problems(driver) == []
+
+
+def test_sort_filter_and_baseline_survive_a_reload(driver, shipped_site):
+    from selenium.webdriver.support.ui import Select
+    _at_width(driver, 1280)
+    driver.get((shipped_site / 'index.html').resolve().as_uri())
+    table = driver.find_element('css selector', 'table.lb[data-table]')
+    tid = table.get_attribute('data-table')
+    Select(driver.find_element('css selector', 'select[data-filter="study"]')).select_by_value('knowacq')
+    header = table.find_element('xpath', './/th[.//button[text()="System"]]')
+    header.click()
+    header.click()                                                  # Z-A
+    visible = [r.get_attribute('data-name') for r in table.find_elements('css selector', 'tbody tr.main')
+               if r.is_displayed()]
+    assert visible and visible == sorted(visible, reverse=True)
+    chooser = Select(driver.find_element('css selector', f'select.baseline[data-table="{tid}"]'))
+    default = chooser.first_selected_option.get_attribute('value')
+    shown = {r.get_attribute('data-sid') for r in table.find_elements('css selector', 'tbody tr.main') if r.is_displayed()}
+    other = next(o.get_attribute('value') for o in chooser.options
+                 if o.get_attribute('value') != default and o.get_attribute('value') in shown)
+    marks_before = [m.text for m in table.find_elements('css selector', 'td .sig')]
+    chooser.select_by_value(other)
+    marks_after = [m.text for m in table.find_elements('css selector', 'td .sig')]
+    assert marks_after != marks_before                              # markers now against the chosen baseline
+    base_row = table.find_element('css selector', f'tr.main[data-sid="{other}"]')
+    assert base_row.find_element('css selector', '.badge.base').is_displayed()
+    url = driver.current_url
+    assert 'f.study=knowacq' in url and f's.{tid}=system%3Ad' in url and f'b.{tid}=' in url
+    driver.refresh()
+    table = driver.find_element('css selector', f'table.lb[data-table="{tid}"]')
+    assert Select(driver.find_element('css selector', 'select[data-filter="study"]')).first_selected_option \
+        .get_attribute('value') == 'knowacq'
+    again = [r.get_attribute('data-name') for r in table.find_elements('css selector', 'tbody tr.main') if r.is_displayed()]
+    assert again == visible
+    assert table.find_element('xpath', './/th[.//button[text()="System"]]').get_attribute('aria-sort') == 'descending'
+    assert Select(driver.find_element('css selector', f'select.baseline[data-table="{tid}"]')) \
+        .first_selected_option.get_attribute('value') == other
+    assert [m.text for m in table.find_elements('css selector', 'td .sig')] == marks_after
     assert _problems(driver) == []
