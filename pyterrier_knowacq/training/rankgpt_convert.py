@@ -241,6 +241,17 @@ def _topics(dataset, split) -> Tuple[Sequence[str], Sequence[str]]:
     return topics['qid'].astype(str).tolist(), topics['query'].astype(str).tolist()
 
 
+def _lookup(exact_index, loose_index, exact, loose, given, counts, kind: str):
+    """The id of a query or passage: by its exact key, else by its loose key (counted in ``<kind>_loose``); a key
+    several ids share counts in ``<kind>_ambiguous`` (:func:`_resolve` picks the record's own id when it is one)."""
+    found, ambiguous = _resolve(exact_index.get(exact), given)
+    if found is None and loose is not None:
+        found, ambiguous = _resolve(loose_index.get(loose), given)
+        counts[f'{kind}_loose'] += found is not None
+    counts[f'{kind}_ambiguous'] += ambiguous
+    return found
+
+
 def _resolve(candidates, given: Optional[str]) -> Tuple[Optional[str], bool]:
     """(id, ambiguous) from the ids sharing a text; the record's own id wins when it is one of them."""
     if not candidates:
@@ -368,22 +379,14 @@ def convert_rankgpt(path, dataset, out_run, *, permutation=None, ranked: bool = 
     for where, (qe, ql), qid_given, ordered in records:
         docnos = []
         for exact, loose, docid in ordered:
-            docno, ambiguous = _resolve(wanted_exact.get(exact), docid)
-            if docno is None and loose is not None:
-                docno, ambiguous = _resolve(wanted_loose.get(loose), docid)
-                counts['passages_loose'] += docno is not None
-            counts['passages_ambiguous'] += ambiguous
+            docno = _lookup(wanted_exact, wanted_loose, exact, loose, docid, counts, 'passages')
             if docno is None:
                 counts['passages_unmapped'] += 1
             else:
                 counts['passages_mapped'] += 1
                 if docno not in docnos:
                     docnos.append(docno)
-        qid, ambiguous = _resolve(q_exact.get(qe), qid_given)
-        if qid is None and ql is not None:
-            qid, ambiguous = _resolve(q_loose.get(ql), qid_given)
-            counts['queries_loose'] += qid is not None
-        counts['queries_ambiguous'] += ambiguous
+        qid = _lookup(q_exact, q_loose, qe, ql, qid_given, counts, 'queries')
         if qid is None:
             counts['queries_unmapped'] += 1
             if len(unmapped_examples) < 3:
