@@ -221,7 +221,7 @@ def test_resource_log_meters_stages_and_children():
             del block
         with stage('child', processes=1):
             subprocess.run([sys.executable, '-c', 'import time; b = bytearray(150 * 2**20); b[::4096] = b"x" * len(b[::4096]); '
-                            'time.sleep(0.5)'], check=True)
+                            'time.sleep(1.0)'], check=True)
         with pytest.raises(ValueError):
             with stage('allocate'):
                 raise ValueError('boom')
