@@ -37,8 +37,17 @@ test: install-test
 test-all: install-test
 	$(PY) -m pytest -q -p no:cacheprovider --runslow --benchmark-disable
 
+# the protocol benchmarks (benchmarks/protocol.py: warm-up, >= 7 interleaved rounds of >= 3 s per side, median ratio
+# with a bootstrap interval) -> benchmarks/results/*.json, then the README's speed table on stdout. About 45 min on 2
+# cores: run it on a quiet machine. ColBERT runs in its own process with pylate's pins first on PYTHONPATH
+# (scripts/install-bench-deps.sh), so the other benchmarks keep the main environment's sentence-transformers.
+# The other benchmarks (bench_training.py, bench_dedup.py) run with pytest directly, as their docstrings say.
+BENCH_PYTEST = $(PY) -m pytest -q -p no:cacheprovider -s --benchmark-columns=min,median,rounds
 bench: install-test
-	$(PY) -m pytest benchmarks -q -p no:cacheprovider -s --benchmark-columns=mean,ops
+	test -f benchmarks/.deps/pylate/.installed || PY=$(PY) bash scripts/install-bench-deps.sh
+	$(BENCH_PYTEST) benchmarks/bench_scoring.py benchmarks/bench_attribution.py
+	PYTHONPATH=benchmarks/.deps/pylate$${PYTHONPATH:+:$$PYTHONPATH} $(BENCH_PYTEST) benchmarks/bench_colbert.py
+	$(PY) benchmarks/summary.py
 
 # the published site: from the compressed results in leaderboard/results/, from scratch, deterministic (seconds)
 leaderboard: install
