@@ -2,7 +2,7 @@
 __version__ = '0.1.0'
 
 from ._util import KnowacqError
-from .datasets import get_dataset
+from .datasets.core import get_dataset
 
 __all__ = ['KnowacqError', 'get_dataset', 'BiEncoder', 'CrossEncoder', 'PisaBM25', 'run_experiment', '__version__']
 
@@ -10,15 +10,15 @@ __all__ = ['KnowacqError', 'get_dataset', 'BiEncoder', 'CrossEncoder', 'PisaBM25
 def __getattr__(name):
     # heavy modules (torch, transformers) load only when used
     if name == 'BiEncoder':
-        from .biencoder import BiEncoder
+        from .models.biencoder import BiEncoder
         return BiEncoder
     if name == 'CrossEncoder':
-        from .crossencoder import CrossEncoder
+        from .models.crossencoder import CrossEncoder
         return CrossEncoder
     if name == 'PisaBM25':
-        from .first_stage import PisaBM25
+        from .models.first_stage import PisaBM25
         return PisaBM25
     if name == 'run_experiment':
-        from .experiment import run_experiment
+        from .experiments.runner import run_experiment
         return run_experiment
     raise AttributeError(name)

@@ -7,12 +7,13 @@ import os
 import shlex
 import signal
 import sys
+from importlib import resources
 from pathlib import Path
 
 from ._util import KnowacqError
 
-# a link to the repository's experiments/ folder, so wheels ship the experiment files too
-REPO_EXPERIMENTS = Path(__file__).resolve().parent / 'experiments'
+# the shipped experiment files are package data (the repository's experiments/ is a link to this folder)
+REPO_EXPERIMENTS = Path(str(resources.files('pyterrier_knowacq.experiments') / 'configs'))
 
 
 def _experiment_file(name: str) -> Path:
@@ -26,8 +27,8 @@ def _experiment_file(name: str) -> Path:
 
 
 def cmd_run(args):
-    from .experiment import ResultsExist, run_experiment
-    from .planning import PlanRefused
+    from .experiments.runner import ResultsExist, run_experiment
+    from .experiments.planning import PlanRefused
     path = _experiment_file(args.file)
     try:   # checks every spec, data path and model name first (preflight.py): all problems at once, in seconds
         out = run_experiment(path, output=args.output, overwrite=args.overwrite, dry_run=args.dry_run,
@@ -42,7 +43,7 @@ def cmd_run(args):
 
 def cmd_plan(args):
     import time
-    from .planning import format_plan, make_plan
+    from .experiments.planning import format_plan, make_plan
     started = time.perf_counter()
     plan = make_plan(_experiment_file(args.file), gpu=args.gpu, echo=not args.json)
     if args.json:
@@ -54,11 +55,11 @@ def cmd_plan(args):
 
 
 def cmd_quickstart(args):
-    from .experiment import run_experiment
+    from .experiments.runner import run_experiment
     out = run_experiment(_experiment_file('quickstart'), output=args.output, overwrite=True, command=_command())
     print(f'[knowacq] results: {out.resolve()}')
     try:
-        from .leaderboard import build_site
+        from .leaderboard.build import build_site
     except ImportError:
         return out
     index = build_site([out], args.site)
@@ -67,7 +68,7 @@ def cmd_quickstart(args):
 
 
 def cmd_report(args):
-    from .report import write_report
+    from .reports.dispatch import write_report
     text = write_report(args.results)
     if args.output:
         from ._util import atomic_write_text
@@ -77,12 +78,12 @@ def cmd_report(args):
 
 
 def cmd_leaderboard(args):
-    from .leaderboard import run
+    from .leaderboard.build import run
     run(args)   # prints '[knowacq] leaderboard: <index.html>'
 
 
 def cmd_verify(args):
-    from .verify import verify
+    from .leaderboard.verify import verify
     report = verify(args.results, systems=args.systems, every=args.all, tolerance=args.tolerance,
                     max_seconds=args.max_seconds, keep=args.keep)
     if not report.ok:
@@ -90,7 +91,7 @@ def cmd_verify(args):
 
 
 def cmd_train(args):
-    from .preflight import check_train_file
+    from .experiments.preflight import check_train_file
     report = check_train_file(args.file, dry_run=args.dry_run)   # every problem at once, before any training
     print(report.summary(), flush=True)
     if args.dry_run:
@@ -112,9 +113,9 @@ def cmd_train(args):
 
 
 def cmd_list(args):
-    from .backbones import ALIASES
-    from .datasets import DATASETS
-    from .stages import STAGES, _load_plugins
+    from .models.backbones import ALIASES
+    from .datasets.core import DATASETS
+    from .experiments.components import STAGES, _load_plugins
     _load_plugins()
     print('datasets: ' + ', '.join(sorted(DATASETS)) + ', beir:/path, irds:<id>')
     print('models:   ' + ', '.join(sorted(ALIASES)) + ', random:<name>, local folders, HF ids')
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     try:
         args.fn(args)
     except KnowacqError as e:
-        from .preflight import PreflightError
+        from .experiments.preflight import PreflightError
         # the pre-run report lists several problems, one a line; every other error is one line
         text = str(e) if isinstance(e, PreflightError) and len(e.problems) > 1 else _one_line(e)
         print(f'knowacq: error: {text}', file=sys.stderr)

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def msmarco():
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     return get_dataset('msmarco-passage')
 
 
@@ -52,7 +52,7 @@ def beir_folder(tmp_path):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty knowacq cache that still sees the tiny test models."""
-    from pyterrier_knowacq.backbones import resolve_model
+    from pyterrier_knowacq.models.backbones import resolve_model
     models = tmp_path / 'cache' / 'models'
     models.mkdir(parents=True)
     for name in ('tiny-bert', 'tiny-llama'):

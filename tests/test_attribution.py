@@ -3,7 +3,7 @@ import pytest
 
 from pyterrier_knowacq._util import KnowacqError
 from pyterrier_knowacq.analysis.attribution import IntegratedGradients, ffn_layers
-from pyterrier_knowacq.backbones import load_encoder
+from pyterrier_knowacq.models.backbones import load_encoder
 
 TEXTS = ['the quick brown fox jumps over the lazy dog', 'what is a neuron']
 

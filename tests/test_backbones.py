@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pyterrier_knowacq import KnowacqError
-from pyterrier_knowacq.backbones import load_encoder, resolve_model
+from pyterrier_knowacq.models.backbones import load_encoder, resolve_model
 
 
 def test_minilm_alias_is_a_local_folder():
@@ -38,7 +38,7 @@ def test_missing_or_bad_folders(tmp_path):
 @pytest.mark.slow
 def test_smollm2_alias_converts_gguf_once_to_a_plain_hf_folder():
     from pathlib import Path
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     path = Path(resolve_model('smollm2-135m'))
     assert (path / 'config.json').exists() and list(path.glob('*.safetensors'))
     model = BiEncoder.from_pretrained('smollm2-135m', pooling='last')

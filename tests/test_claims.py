@@ -227,7 +227,7 @@ NEW_FIELDS = {'diff', 'ci_low', 'ci_high', 'mde', 'margin', 'underpowered', 'tes
 
 
 def test_report_json_and_md_carry_intervals_margins_and_power(tmp_path):
-    from pyterrier_knowacq.report import write_report
+    from pyterrier_knowacq.reports.dispatch import write_report
     ms = _multistage_folder(tmp_path / 'ms')
     ka, correct = _knowacq_folder(tmp_path / 'ka')
     text = write_report([ms, ka])
@@ -262,8 +262,8 @@ def test_report_json_and_md_carry_intervals_margins_and_power(tmp_path):
 
 
 def test_study_page_shows_verdict_interval_and_mde(tmp_path):
-    from pyterrier_knowacq.leaderboard_render import claim_ci, verdict_class
-    from pyterrier_knowacq.report import write_report
+    from pyterrier_knowacq.leaderboard.render import claim_ci, verdict_class
+    from pyterrier_knowacq.reports.dispatch import write_report
     ms = _multistage_folder(tmp_path / 'ms', n=(6, 6))   # few queries: every claim underpowered or inconclusive
     write_report([ms])
     claims = json.loads((ms / 'report.json').read_text())['claims']
@@ -277,7 +277,7 @@ def test_study_page_shows_verdict_interval_and_mde(tmp_path):
     assert verdict_class('different, opposite direction', 'less') == 'v-bad'
     assert verdict_class('supported (higher)', 'greater') == 'v-good'
     assert verdict_class('inconclusive', 'greater') == 'v-open'
-    from pyterrier_knowacq.leaderboard import build_site
+    from pyterrier_knowacq.leaderboard.build import build_site
     site = build_site([ms], tmp_path / 'site').parent
     page = next((site / 'studies').glob('multistage-*.html')).read_text()
     assert 'difference [95% CI]' in page and 'MDE (80%)' in page and 'class="badge underpowered"' in page

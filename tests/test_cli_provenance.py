@@ -90,7 +90,7 @@ def test_help_documents_the_cache_variable(capsys):
 
 
 def test_existing_results_folder_names_the_cli_flag(tmp_path, capsys):
-    from pyterrier_knowacq.experiment import run_experiment
+    from pyterrier_knowacq.experiments.runner import run_experiment
     path = _write(tmp_path, RUN_ONLY)
     (tmp_path / 'res').mkdir()
     assert main(['run', str(path), '-o', str(tmp_path / 'res')]) == 2
@@ -102,7 +102,7 @@ def test_existing_results_folder_names_the_cli_flag(tmp_path, capsys):
 
 
 def test_trec_eval_measure_names_are_accepted():
-    from pyterrier_knowacq.experiment_config import _measures
+    from pyterrier_knowacq.experiments.config import _measures
     got = [str(m) for m in _measures({'measures': ['ndcg_cut_10', 'recip_rank', 'map', 'recall_100', 'P_10', 'ndcg_cut.5',
                                                    'nDCG@10', 'RR(rel=2)@10']})]
     assert got == ['nDCG@10', 'RR', 'AP', 'R@100', 'P@10', 'nDCG@5', 'RR(rel=2)@10']  # nDCG@10 written twice: once
@@ -135,7 +135,7 @@ def test_misspelt_model_without_hub_fails_at_once_in_one_line(tmp_path, silent_h
     # shared and slow to start Python; the endpoint never answers, so this includes the probe's 2 s limit)
     timed = textwrap.dedent(f"""
         import sys, time
-        import pyterrier_knowacq.experiment, pyterrier_knowacq.cli as cli
+        import pyterrier_knowacq.experiments.runner, pyterrier_knowacq.cli as cli
         t0 = time.perf_counter()
         rc = cli.main(['run', {str(path)!r}, '-o', {str(out)!r}])
         print(f'{{rc}} {{time.perf_counter() - t0:.3f}}')
@@ -148,7 +148,7 @@ def test_misspelt_model_without_hub_fails_at_once_in_one_line(tmp_path, silent_h
 
 
 def test_offline_variables_fail_without_probing(monkeypatch):
-    from pyterrier_knowacq import backbones
+    from pyterrier_knowacq.models import backbones
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setattr(backbones, '_probe', lambda *address: pytest.fail('probed the hub while offline'))
     with pytest.raises(KnowacqError, match=r"did you mean 'tiny-bert'\?.*hub is offline.*unset HF_HUB_OFFLINE"):
@@ -156,7 +156,7 @@ def test_offline_variables_fail_without_probing(monkeypatch):
 
 
 def test_unreachable_hub_is_probed_once(monkeypatch):
-    from pyterrier_knowacq import backbones
+    from pyterrier_knowacq.models import backbones
     calls = []
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.delenv('TRANSFORMERS_OFFLINE', raising=False)
@@ -175,7 +175,7 @@ def test_unreachable_hub_is_probed_once(monkeypatch):
 
 def test_probe_gives_up_on_a_silent_host(monkeypatch, silent_hub):
     import time
-    from pyterrier_knowacq import backbones
+    from pyterrier_knowacq.models import backbones
     monkeypatch.setattr(backbones, '_PROBE_TIMEOUT_S', 0.3)
     port = int(silent_hub.rsplit(':', 1)[1])
     t0 = time.perf_counter()
@@ -186,7 +186,7 @@ def test_probe_gives_up_on_a_silent_host(monkeypatch, silent_hub):
 
 
 def test_a_local_model_folder_wins_over_alias_and_hub(tmp_path, monkeypatch):
-    from pyterrier_knowacq import backbones
+    from pyterrier_knowacq.models import backbones
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(backbones, 'hub_problem', lambda: pytest.fail('consulted the hub for a local folder'))
     for name in ('some-org/some-model', 'tiny-bert'):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
+from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
 
 QUERIES = ['what is a cat?', 'how do dogs bark', 'a very long query ' + 'word ' * 40]
 DOCS = ['The cat, a small animal, sat on the mat.', 'Dogs bark (loudly) at night!', 'x',
@@ -123,7 +123,7 @@ def test_empty_frame_and_bad_inputs(checkpoint, tmp_path):
         colbert(pd.DataFrame({'qid': ['1'], 'query': ['q'], 'docno': ['d']}))
     with pytest.raises(KnowacqError, match='text_loader'):
         colbert(pd.DataFrame({'qid': ['1'], 'query': ['q'], 'docno': ['d'], 'text': [None]}))
-    from pyterrier_knowacq.backbones import resolve_model
+    from pyterrier_knowacq.models.backbones import resolve_model
     with pytest.raises(KnowacqError, match='linear.weight'):
         ColBERT(resolve_model('tiny-bert'))          # a plain BERT folder, no projection
     (tmp_path / 'empty').mkdir()
@@ -153,10 +153,10 @@ def test_optional_backends_absent(checkpoint, monkeypatch, backend, module):
 
 
 def test_stages_registered(checkpoint):
-    from pyterrier_knowacq import colbert
-    from pyterrier_knowacq.datasets import get_dataset
-    from pyterrier_knowacq.stages import STAGES, StageContext
-    assert colbert._register() is True and {'colbert', 'colbert_retrieve'} <= set(STAGES)
+    from pyterrier_knowacq.models import colbert
+    from pyterrier_knowacq.datasets.core import get_dataset
+    from pyterrier_knowacq.experiments.components import STAGES, StageContext
+    assert {'colbert', 'colbert_retrieve'} <= set(STAGES)
     ctx = StageContext(dataset=get_dataset('msmarco-passage'), split='dl19', models={'C': str(checkpoint)})
     stage = STAGES['colbert'](ctx, model='C', batch_size=4)
     assert isinstance(stage, ColBERT) and stage == ColBERT(checkpoint, batch_size=4)
@@ -166,7 +166,7 @@ def test_stages_registered(checkpoint):
 
 def test_training_on_shared_trainer_is_seeded(tmp_path, monkeypatch):
     from safetensors.numpy import load_file
-    from pyterrier_knowacq.colbert_train import train_colbert
+    from pyterrier_knowacq.training.colbert import train_colbert
     spec = {'kind': 'colbert', 'backbone': 'tiny-bert', 'dim': 16, 'steps': 3, 'queries_per_batch': 2, 'negatives': 1,
             'train_doc_maxlen': 48, 'data': {'extra': [], 'max_queries': 6, 'depth': 20}}
     folders = []
@@ -188,7 +188,7 @@ def test_training_on_shared_trainer_is_seeded(tmp_path, monkeypatch):
 
 
 def test_kl_distillation_from_a_teacher_run(tmp_path, monkeypatch):
-    from pyterrier_knowacq.colbert_train import train_colbert
+    from pyterrier_knowacq.training.colbert import train_colbert
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path))
     spec = {'backbone': 'tiny-bert', 'dim': 16, 'steps': 2, 'queries_per_batch': 2, 'negatives': 2, 'loss': 'kl',
             'train_doc_maxlen': 48, 'data': {'teacher': 'rankgpt-3.5', 'max_queries': 4, 'rel_threshold': 1}}

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
-from pyterrier_knowacq.colbert_index import ColBERTIndex
+from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
+from pyterrier_knowacq.models.colbert_index import ColBERTIndex
 
 
 @pytest.fixture(scope='module')
 def docs():
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     return list(itertools.islice(get_dataset('msmarco-passage').get_corpus_iter(), 300))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.datasets import BeirDataset, get_dataset
+from pyterrier_knowacq.datasets.core import BeirDataset, get_dataset
 
 
 def _beir(root: Path, docs, queries, qrels) -> Path:
@@ -85,8 +85,8 @@ measures: [nDCG@10, RR@10]
 
 
 def test_two_beir_folders_give_two_tables_and_two_indexes(two_beirs, tmp_path, cache):
-    from pyterrier_knowacq.experiment import run_experiment
-    from pyterrier_knowacq.leaderboard import build_site
+    from pyterrier_knowacq.experiments.runner import run_experiment
+    from pyterrier_knowacq.leaderboard.build import build_site
     outs = []
     for label, folder in zip(('cats', 'ships'), two_beirs):
         yaml_file = tmp_path / f'{label}.yaml'
@@ -125,7 +125,7 @@ TEXTS = st.one_of(st.sampled_from(NASTY), st.text(st.characters(blacklist_catego
 @given(queries=st.lists(TEXTS, min_size=1, max_size=6))
 def test_topics_file_round_trips(tmp_path, queries):
     from pyterrier_knowacq._util import write_jsonl
-    from pyterrier_knowacq.leaderboard_data import _read_topics
+    from pyterrier_knowacq.leaderboard.data import _read_topics
     coll = tmp_path / 'coll'
     write_jsonl(coll / 'topics.jsonl', ({'qid': f'q{i}', 'query': q} for i, q in enumerate(queries)))
     assert _read_topics(coll) == {f'q{i}': q for i, q in enumerate(queries)}
@@ -137,7 +137,7 @@ def test_system_names_round_trip_through_aggregated_csv(tmp_path, names):
     """The runner writes pt.Experiment's frame with ``write_csv``; the leaderboard reads it back: names are unchanged."""
     import pandas as pd
     from pyterrier_knowacq._util import write_csv
-    from pyterrier_knowacq.leaderboard_data import _read_csv
+    from pyterrier_knowacq.leaderboard.data import _read_csv
     path = tmp_path / 'aggregated.csv'
     write_csv(pd.DataFrame({'name': names, 'nDCG@10': [0.5] * len(names)}), path)
     assert _read_csv(path)['name'].tolist() == names
@@ -157,8 +157,8 @@ def test_beir_texts_round_trip(tmp_path_factory, texts):
 
 def test_experiment_and_leaderboard_keep_texts_exact(tmp_path, cache):
     """End to end: nasty query texts and system names survive `knowacq run` and the leaderboard's data."""
-    from pyterrier_knowacq.experiment import run_experiment
-    from pyterrier_knowacq.leaderboard import build_site
+    from pyterrier_knowacq.experiments.runner import run_experiment
+    from pyterrier_knowacq.leaderboard.build import build_site
     queries = ['say "hi" to cats', 'cat\u2028mouse', 'emoji 🐈 cat', 'חתול cat', 'tab\tcat']
     root = _beir(tmp_path / 'nasty', [('d1', 'cat'), ('d2', 'mouse cat'), ('d3', 'hi cat')],
                  [(f'q{i}', q) for i, q in enumerate(queries)], [(f'q{i}', 'd1', 1) for i in range(len(queries))])
@@ -169,7 +169,7 @@ def test_experiment_and_leaderboard_keep_texts_exact(tmp_path, cache):
     (tmp_path / 'nasty.yaml').write_text(yaml.safe_dump(config, allow_unicode=True))
     out = run_experiment(tmp_path / 'nasty.yaml', output=tmp_path / 'res')
     build_site([out], tmp_path / 'site')
-    from pyterrier_knowacq.leaderboard_data import read_experiment
+    from pyterrier_knowacq.leaderboard.data import read_experiment
     exp = read_experiment(out, 'x', 'x')
     assert exp.collections[0].topics == {f'q{i}': q for i, q in enumerate(queries)}
     assert list(exp.collections[0].agg['name']) == list(systems)

@@ -6,7 +6,7 @@ import pyterrier as pt
 import pytest
 
 from pyterrier_knowacq import KnowacqError, get_dataset
-from pyterrier_knowacq.datasets import BeirDataset, read_run
+from pyterrier_knowacq.datasets.core import BeirDataset, read_run
 
 NDCG10 = ir_measures.parse_measure('nDCG@10')
 

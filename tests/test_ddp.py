@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent('''
                 'loss_calls': len(seen), 'lookups': len(lookups)}
 
     def cross_encoder():
-        from pyterrier_knowacq.crossencoder import CrossEncoder
+        from pyterrier_knowacq.models.crossencoder import CrossEncoder
         from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
         ce = CrossEncoder.new('tiny-bert', pooling='cls', seed=0)
         task = CrossEncoderTask(ce, 'lce', groups, texts_of=texts_of, group_size=3, queries_per_batch=2,
@@ -72,8 +72,8 @@ SCRIPT = textwrap.dedent('''
         return run('lora', task, list(task.model.parameters()))
 
     def colbert():
-        from pyterrier_knowacq.colbert import ColBERTModel
-        from pyterrier_knowacq.colbert_train import ColBERTTask
+        from pyterrier_knowacq.models.colbert import ColBERTModel
+        from pyterrier_knowacq.training.colbert import ColBERTTask
         model = ColBERTModel.new('tiny-bert', dim=16, seed=0, query_maxlen=8, doc_maxlen=24)
         task = ColBERTTask(model, groups, texts_of=texts_of, negatives=2, queries_per_batch=2, head_lr=1e-2,
                            train_doc_maxlen=24, seed=3)

@@ -2,9 +2,9 @@ import pytest
 
 
 def test_each_model_and_pooling_gets_its_own_index(cache, beir_folder):
-    from pyterrier_knowacq.biencoder import BiEncoder
-    from pyterrier_knowacq.datasets import get_dataset
-    from pyterrier_knowacq.dense_index import dense_index, dense_retriever, index_folder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
+    from pyterrier_knowacq.datasets.core import get_dataset
+    from pyterrier_knowacq.models.dense_index import dense_index, dense_retriever, index_folder
     ds = get_dataset(f'beir:{beir_folder}')
     saved = BiEncoder.from_pretrained('tiny-bert', pooling='cls').save(cache / 'copy')   # same weights, another folder
     normed = BiEncoder.from_pretrained('tiny-bert', pooling='cls', normalize=True).save(cache / 'normed')

@@ -11,7 +11,7 @@ from pyterrier_knowacq._util import KnowacqError
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty knowacq cache that still sees the tiny test models."""
-    from pyterrier_knowacq.backbones import resolve_model
+    from pyterrier_knowacq.models.backbones import resolve_model
     models = tmp_path / 'models'
     models.mkdir()
     for name in ('tiny-bert', 'tiny-llama'):
@@ -21,7 +21,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_infonce_task_learns_and_saves(cache, tmp_path):
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     from pyterrier_knowacq.training.dense import BiEncoderTask, build_biencoder
     from pyterrier_knowacq.training.examples import Group
     from pyterrier_knowacq.training.trainer import TrainConfig, Trainer
@@ -46,7 +46,7 @@ def test_infonce_task_learns_and_saves(cache, tmp_path):
 
 
 def test_train_biencoder_cached_and_separate_encoders(cache, tmp_path):
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     from pyterrier_knowacq.training.dense import train_biencoder
     spec = {'kind': 'bi-encoder', 'backbone': 'tiny-bert', 'shared': False, 'pooling': 'cls', 'steps': 2,
             'queries_per_batch': 2, 'negatives': 1, 'data': {'max_queries': 6, 'rel_threshold': 2}}
@@ -64,7 +64,7 @@ def test_train_biencoder_cached_and_separate_encoders(cache, tmp_path):
 
 def test_decoder_with_lora_dry_run(cache):
     pytest.importorskip('peft')
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     from pyterrier_knowacq.training.dense import train_biencoder
     spec = {'backbone': 'tiny-llama', 'pooling': 'last', 'steps': 2, 'queries_per_batch': 2, 'negatives': 1,
             'data': {'max_queries': 4, 'rel_threshold': 2}, 'lora': {'r': 2, 'alpha': 4}}
@@ -89,8 +89,8 @@ def test_bad_specs(cache):
 def test_validation_keeps_best_checkpoint(cache):
     """`validation:` holds queries of the training split out of training, re-ranks their BM25 top-depth every
     eval_every steps and keeps the best checkpoint; training.json records it all."""
-    from pyterrier_knowacq.biencoder import BiEncoder
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.models.biencoder import BiEncoder
+    from pyterrier_knowacq.datasets.core import get_dataset
     from pyterrier_knowacq.training.dense import PairScorer, _groups, _validation, train_biencoder
     ds = get_dataset('msmarco-passage')
     spec = {'backbone': 'tiny-bert', 'pooling': 'mean', 'steps': 4, 'eval_every': 2, 'lr': 1e-3, 'queries_per_batch': 2,

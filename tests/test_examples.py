@@ -88,7 +88,7 @@ def test_score_targets_and_validation_split():
 
 
 def test_extra_msmarco_train_groups():
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     from pyterrier_knowacq.training.examples import extra_groups
     groups = extra_groups('msmarco-train', get_dataset('msmarco-passage'))
     assert len(groups) == 110
@@ -99,7 +99,7 @@ def test_extra_msmarco_train_groups():
 
 
 def test_extra_dev_positive_groups_carry_only_texts_outside_the_corpus(tmp_path, monkeypatch):
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     from pyterrier_knowacq.training.examples import extra_groups
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path))
     ds = get_dataset('msmarco-passage')

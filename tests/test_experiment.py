@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq import KnowacqError
-from pyterrier_knowacq.experiment import load_config, run_experiment
-from pyterrier_knowacq.pipeline_expr import parse_pipeline
+from pyterrier_knowacq.experiments.runner import load_config, run_experiment
+from pyterrier_knowacq.experiments.expressions import parse_pipeline
 
 GOOD = """
 name: tiny
@@ -198,8 +198,8 @@ def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
     corpus = {d['docno'] for d in __import__('pyterrier_knowacq').get_dataset('scifact').get_corpus_iter()}
     assert set(run[2]) <= corpus                                      # retrieved from the SciFact corpus
     assert list(pd.read_csv(out / 'dl19' / 'aggregated.csv')['name']) == ['BM25', 'BM25 >> tiny-ft']
-    from pyterrier_knowacq.leaderboard import build_site
-    from pyterrier_knowacq.leaderboard_data import read_experiment
+    from pyterrier_knowacq.leaderboard.build import build_site
+    from pyterrier_knowacq.leaderboard.data import read_experiment
     exp = read_experiment(out, 'x', str(out))
     assert [c.name for c in exp.collections] == ['dl19', 'scifact-test'] and not exp.problems
     assert exp.collections[1].measures == ['nDCG@10', 'RR@10']

@@ -2,12 +2,12 @@ import json
 
 import pandas as pd
 
-from pyterrier_knowacq.first_stage import PisaBM25
+from pyterrier_knowacq.models.first_stage import PisaBM25
 
 
 def test_pisa_bm25_ranks_and_caches(beir_folder, tmp_path, monkeypatch):
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
-    from pyterrier_knowacq.datasets import BeirDataset
+    from pyterrier_knowacq.datasets.core import BeirDataset
     ds = BeirDataset(beir_folder, 'mini')
     bm25 = PisaBM25(ds, num_results=3)
     res = bm25(ds.get_topics())
@@ -24,7 +24,7 @@ def test_pisa_index_rebuilt_when_corpus_changes(beir_folder, tmp_path, monkeypat
     import os
     import time
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
-    from pyterrier_knowacq.datasets import BeirDataset
+    from pyterrier_knowacq.datasets.core import BeirDataset
     ds = BeirDataset(beir_folder, 'mini2')
     q = pd.DataFrame({'qid': ['x'], 'query': ['zebra']})
     assert PisaBM25(ds)(q).empty
@@ -39,8 +39,8 @@ def test_pisa_index_rebuilt_when_corpus_changes(beir_folder, tmp_path, monkeypat
 def test_named_run_reads_a_file_ships_or_falls_back_to_bm25(beir_folder, tmp_path, monkeypatch):
     import pytest
     from pyterrier_knowacq._util import KnowacqError
-    from pyterrier_knowacq.datasets import BeirDataset
-    from pyterrier_knowacq.first_stage import named_run
+    from pyterrier_knowacq.datasets.core import BeirDataset
+    from pyterrier_knowacq.models.first_stage import named_run
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
     ds = BeirDataset(beir_folder, 'mini3')
     run_file = tmp_path / 'teacher.run'

@@ -57,7 +57,7 @@ def test_run_analysis_writes_tables_and_plots(cache, tmp_path):
 
 def _check_report(out):
     """report_knowacq reads the tables (plus meta.json / perquery.csv for the retrieval part of the random control)."""
-    from pyterrier_knowacq.report_knowacq import claims
+    from pyterrier_knowacq.reports.knowacq import claims
     systems = [{'name': 'FT', 'tags': {'backbone': 'tiny-bert', 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': 'bm25'}},
                {'name': 'RND', 'tags': {'backbone': 'random:tiny-bert', 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': 'bm25'}}]
     (out / 'meta.json').write_text(json.dumps({'study': 'knowacq', 'systems': systems, 'collections': [{'name': 'dl19'}]}))
@@ -121,7 +121,7 @@ def test_full_grid_dry_run(cache, tmp_path):
 def test_random_control_claim_pools_every_pair_and_collection(tmp_path):
     """Each random-init system is compared with its pre-trained twin (same strategy, pooling, first stage) on every
     collection that has both; a significant difference the other way gives 'different, opposite direction'."""
-    from pyterrier_knowacq.report_knowacq import _random_claim
+    from pyterrier_knowacq.reports.knowacq import _random_claim
 
     def tags(backbone, first_stage):
         return {'backbone': backbone, 'strategy': 'infonce', 'pooling': 'cls', 'first_stage': first_stage}

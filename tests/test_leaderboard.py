@@ -17,8 +17,8 @@ import pytest
 
 import pyterrier_knowacq
 from pyterrier_knowacq import KnowacqError
-from pyterrier_knowacq.leaderboard import LeaderboardWarning, build_site
-from pyterrier_knowacq.leaderboard_data import FORMAT, tie_groups
+from pyterrier_knowacq.leaderboard.build import LeaderboardWarning, build_site
+from pyterrier_knowacq.leaderboard.data import FORMAT, tie_groups
 
 DATA = Path(pyterrier_knowacq.__file__).parent / 'data' / 'msmarco-passage'
 MEASURES = ['nDCG@10', 'RR(rel=2)@10', 'R(rel=2)@100']
@@ -187,7 +187,7 @@ def test_overview_numbers_ranks_and_significance(results, tmp_path):
 def test_holm_matches_statsmodels():
     import numpy as np
     from statsmodels.stats.multitest import multipletests
-    from pyterrier_knowacq.leaderboard_data import holm
+    from pyterrier_knowacq.leaderboard.data import holm
     rng = np.random.default_rng(1)
     for m in (1, 2, 5, 17):
         p = list(rng.uniform(0, 0.2, m)) if m != 5 else [0.01, 0.04, 0.03, 0.5, 0.04]
@@ -362,7 +362,7 @@ def test_refuses_to_overwrite_other_folders_and_is_atomic(results, tmp_path, mon
     site = tmp_path / 'site'
     build_site([results['first']], site)
     before = sorted(p.relative_to(site) for p in site.rglob('*'))
-    import pyterrier_knowacq.leaderboard as lb
+    import pyterrier_knowacq.leaderboard.build as lb
 
     def boom(*args, **kwargs):
         raise RuntimeError('disk full')
@@ -381,7 +381,7 @@ def test_topics_file_shows_query_text(results, tmp_path):
 
 
 def test_reads_no_model_code(base_results, tmp_path):
-    code = ('import sys; from pyterrier_knowacq.leaderboard import build_site; '
+    code = ('import sys; from pyterrier_knowacq.leaderboard.build import build_site; '
             f'build_site([{str(base_results["first"])!r}], {str(tmp_path / "site")!r}); '
             'bad = [m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules]; '
             'assert not bad, bad')
@@ -389,7 +389,7 @@ def test_reads_no_model_code(base_results, tmp_path):
 
 
 def test_malformed_meta_and_many_queries(results, tmp_path):
-    from pyterrier_knowacq.leaderboard_render import MAX_BARS, difference_chart
+    from pyterrier_knowacq.leaderboard.render import MAX_BARS, difference_chart
     bad = tmp_path / 'bad-meta'
     shutil.copytree(results['xss'], bad)
     meta = json.loads((bad / 'meta.json').read_text())
@@ -581,7 +581,7 @@ def test_no_absolute_path_or_host_name_is_published(results, tmp_path):
 
 
 def test_system_context_parameters_training_and_cost(results, tmp_path):
-    from pyterrier_knowacq.leaderboard_model import system_context
+    from pyterrier_knowacq.leaderboard.model import system_context
     meta = {'config': {'models': {'C': {'backbone': 'minilm-l6', 'stages': [
         {'loss': 'lce', 'data': {'run': 'bm25', 'extra': ['msmarco-train']}, 'steps': 320},
         {'loss': 'ranknet', 'data': {'teacher': 'rankgpt-3.5'}, 'steps': 100}]}}},
@@ -624,7 +624,7 @@ def test_study_page_rounds_numbers_and_shows_each_plot_once(results, tmp_path):
 
 
 def test_pack_and_build_from_archives(results, tmp_path):
-    from pyterrier_knowacq.leaderboard import pack_results
+    from pyterrier_knowacq.leaderboard.build import pack_results
     meta = _meta(results['first'])
     meta['command'] = 'knowacq run experiments/dl19-first-stage.yaml -o /tmp/somewhere/out'
     (results['first'] / 'meta.json').write_text(json.dumps(meta))
@@ -657,7 +657,7 @@ def test_shipped_site_builds_fast_deterministic_and_clean(tmp_path):
     assert knowacq(['leaderboard', '--shipped', '-o', str(tmp_path / 'a')]) == 0
     seconds = time.perf_counter() - started
     assert seconds < 60, seconds
-    from pyterrier_knowacq.leaderboard import build_shipped
+    from pyterrier_knowacq.leaderboard.build import build_shipped
     build_shipped(tmp_path / 'b')
     files_a = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / 'b') for p in (tmp_path / 'b').rglob('*') if p.is_file())

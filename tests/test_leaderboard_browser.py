@@ -17,7 +17,7 @@ import pytest
 
 from test_leaderboard import XSS_NAMES, write_results_folder  # noqa: F401  (the real-results fixture builder)
 
-from pyterrier_knowacq.leaderboard import build_site
+from pyterrier_knowacq.leaderboard.build import build_site
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
 CHROMEDRIVER = shutil.which('chromedriver')
@@ -262,7 +262,7 @@ return out;
 @pytest.fixture(scope='module')
 def shipped_site(tmp_path_factory):
     from pathlib import Path
-    from pyterrier_knowacq.leaderboard import build_shipped
+    from pyterrier_knowacq.leaderboard.build import build_shipped
     if not (Path(__file__).resolve().parents[1] / 'leaderboard' / 'results').is_dir():
         pytest.skip('no leaderboard/results in this checkout')
     return build_shipped(tmp_path_factory.mktemp('shipped') / 'site').parent

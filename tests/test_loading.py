@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.backbones import DPR_PAIRS, load_encoder, resolve_model, weights_left_at_init
+from pyterrier_knowacq.models.backbones import DPR_PAIRS, load_encoder, resolve_model, weights_left_at_init
 
 TEXTS = ['what is a neuron', 'a neuron is a cell of the nervous system', 'x']
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
@@ -90,7 +90,7 @@ def test_dpr_encoders_load_with_their_own_class_and_every_weight(dpr):
 
 def test_dpr_biencoder_pairs_question_and_context_encoders(dpr, bert_tok, monkeypatch):
     from transformers import DPRContextEncoder, DPRQuestionEncoder
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     question, context = dpr
     with pytest.raises(KnowacqError, match='question encoder it was trained with'):
         BiEncoder.from_pretrained(str(context), pooling='cls')
@@ -112,7 +112,7 @@ def test_dpr_biencoder_pairs_question_and_context_encoders(dpr, bert_tok, monkey
 
 
 def test_dpr_pair_is_checked_with_the_model_name(dpr, tmp_path, monkeypatch):
-    from pyterrier_knowacq.backbones import check_model_name
+    from pyterrier_knowacq.models.backbones import check_model_name
     question, context = dpr
     monkeypatch.setitem(DPR_PAIRS, str(context), str(question))
     check_model_name(str(context))
@@ -122,7 +122,7 @@ def test_dpr_pair_is_checked_with_the_model_name(dpr, tmp_path, monkeypatch):
 
 
 def test_dpr_biencoder_saves_as_plain_bert_and_reloads(dpr, tmp_path):
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     question, context = dpr
     model = BiEncoder.from_pretrained(str(context), pooling='cls', query_model=str(question), device='cpu')
     folder = model.save(tmp_path / 'saved')
@@ -180,7 +180,7 @@ def contriever(tmp_path_factory, bert_tok):
 
 def test_contriever_loads_every_weight_and_mean_pools(contriever, bert_tok):
     from transformers import BertModel
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     model = BiEncoder.from_pretrained(str(contriever), pooling='mean', device='cpu')
     assert type(model.model) is BertModel and model.model.pooler is None   # absent pooler removed, not left random
     left = weights_left_at_init(model.model, contriever)
@@ -237,7 +237,7 @@ def _pair_logits(model, tok, queries, texts):
 
 def test_electra_backbone_and_classifier(electra, bert_tok, tmp_path):
     from transformers import ElectraForSequenceClassification, ElectraModel
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     disc, clf = electra
     new = CrossEncoder.new(str(disc), pooling='cls', device='cpu')      # the fresh head is the only new weight
     assert type(new.model.backbone) is ElectraModel
@@ -260,7 +260,7 @@ def test_electra_backbone_and_classifier(electra, bert_tok, tmp_path):
 
 
 def test_electra_deleted_weights_raise(electra, tmp_path):
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     disc, clf = electra
     with pytest.raises(KnowacqError, match=r'1 weight\(s\).*classifier\.out_proj\.weight'):
         CrossEncoder.from_pretrained(str(_drop_weight(clf, tmp_path / 'no-head', 'classifier.out_proj.weight')))
@@ -295,8 +295,8 @@ def roberta(tmp_path_factory):
 
 def test_roberta_cross_encoder_falls_back_from_packing(roberta):
     from transformers import RobertaForSequenceClassification, RobertaModel
-    from pyterrier_knowacq.crossencoder import CrossEncoder
-    from pyterrier_knowacq.packed import supports_packing
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.packed import supports_packing
     mlm, clf, tok = roberta
     new = CrossEncoder.new(str(mlm), pooling='cls', device='cpu')
     backbone = new.model.backbone
@@ -325,7 +325,7 @@ def test_roberta_bi_encoder_and_layers_keep_its_positions(roberta):
     """RoBERTa numbers positions from padding_idx + 1: the layer encoder must not pass 0-based position ids."""
     from transformers import RobertaModel
     from pyterrier_knowacq.analysis.representations import LayerEncoder
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     mlm, _, tok = roberta
     reference = RobertaModel.from_pretrained(mlm, add_pooling_layer=False).eval()
     enc = tok(TEXTS, padding=True, return_tensors='pt')
@@ -376,7 +376,7 @@ def test_repllama_adapter_is_merged_into_its_base(repllama, cache):
     from transformers import LlamaModel
     from pyterrier_knowacq.analysis.pipeline import merged_adapter
     from pyterrier_knowacq.analysis.representations import LayerEncoder
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     base, adapter, tok = repllama
     merged, _ = load_encoder(str(adapter))                 # an adapter folder: merged into the base its config names
     assert type(merged) is LlamaModel
@@ -387,7 +387,7 @@ def test_repllama_adapter_is_merged_into_its_base(repllama, cache):
     plain, _ = load_encoder(str(base))
     assert weights_left_at_init(plain, base) == []   # the base's lm_head is dropped, nothing is missing
     assert not torch.equal(plain.layers[0].self_attn.q_proj.weight, merged.layers[0].self_attn.q_proj.weight)
-    from pyterrier_knowacq.backbones import check_model_name, model_fingerprint
+    from pyterrier_knowacq.models.backbones import check_model_name, model_fingerprint
     check_model_name(str(adapter))
     assert model_fingerprint(str(adapter)) != model_fingerprint(str(base))
     # the analysis's {base, adapter} entries take the same path and the same cached folder
@@ -405,7 +405,7 @@ def test_repllama_adapter_is_merged_into_its_base(repllama, cache):
 
 
 def test_repllama_adapter_with_a_missing_or_stray_weight_raises(repllama, cache, tmp_path):
-    from pyterrier_knowacq.backbones import merge_adapter
+    from pyterrier_knowacq.models.backbones import merge_adapter
     base, adapter, _ = repllama
     broken = tmp_path / 'broken-adapter'
     shutil.copytree(adapter, broken)
@@ -447,7 +447,7 @@ def _colbert_folder(folder, tok, seed, pooler=True):
 
 @pytest.mark.parametrize('pooler', [True, False])
 def test_colbertv2_checkpoint_loads_encoder_and_projection(bert_tok, tmp_path, pooler):
-    from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
+    from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
     folder, state = _colbert_folder(tmp_path / 'colbertv2.0', bert_tok, seed=12, pooler=pooler)
     model = ColBERTModel.from_pretrained(folder)
     assert torch.equal(model.linear.weight, state['linear.weight']) and model.config['dim'] == 8
@@ -460,7 +460,7 @@ def test_colbertv2_checkpoint_loads_encoder_and_projection(bert_tok, tmp_path, p
 
 
 def test_colbertv2_deleted_weight_raises(bert_tok, tmp_path):
-    from pyterrier_knowacq.colbert import ColBERTModel
+    from pyterrier_knowacq.models.colbert import ColBERTModel
     folder, _ = _colbert_folder(tmp_path / 'colbertv2.0', bert_tok, seed=13)
     broken = _drop_weight(folder, tmp_path / 'broken', 'bert.encoder.layer.0.intermediate.dense.bias')
     with pytest.raises(KnowacqError, match=r'1 weight\(s\).*bert\.encoder\.layer\.0\.intermediate\.dense\.bias'):

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.datasets import BeirDataset
-from pyterrier_knowacq.experiment_config import KEYS, check_config, load_config
-from pyterrier_knowacq.readers import (iter_beir_corpus, read_beir_qrels, read_beir_queries, read_dpr_json, read_run,
+from pyterrier_knowacq.datasets.core import BeirDataset
+from pyterrier_knowacq.experiments.config import KEYS, check_config, load_config
+from pyterrier_knowacq.datasets.readers import (iter_beir_corpus, read_beir_qrels, read_beir_queries, read_dpr_json, read_run,
                                        read_trec_qrels, read_trec_topics, read_tsv_topics)
 
 
@@ -354,6 +354,6 @@ def test_fuzz_topic_and_qrels_readers(fuzz_dir, content, raw):
 
 def test_date_like_stage_parameter_stays_text():
     """`run(name=2024-13-45)` once crashed YAML's date reader; a run name that looks like a date is text."""
-    from pyterrier_knowacq.pipeline_expr import parse_pipeline
+    from pyterrier_knowacq.experiments.expressions import parse_pipeline
     assert [s.params['name'] for s in parse_pipeline('run(name=2024-13-45) >> run(name=2024-01-31)')] == \
         ['2024-13-45', '2024-01-31']

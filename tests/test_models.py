@@ -53,7 +53,7 @@ def test_cross_encoder_round_trip_and_equality(ce, tmp_path):
 
 def test_sequence_classification_checkpoint_one_or_two_logits(tmp_path):
     from transformers import AutoModelForSequenceClassification
-    from pyterrier_knowacq.backbones import load_tokenizer, resolve_model
+    from pyterrier_knowacq.models.backbones import load_tokenizer, resolve_model
     for labels in (1, 2):
         torch.manual_seed(0)
         clf = AutoModelForSequenceClassification.from_pretrained(resolve_model('tiny-bert'), num_labels=labels)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyterrier_knowacq.experiment import run_experiment
-from pyterrier_knowacq.report import write_report
+from pyterrier_knowacq.experiments.runner import run_experiment
+from pyterrier_knowacq.reports.dispatch import write_report
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / 'experiments'
 

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from pyterrier_knowacq.backbones import load_encoder
-from pyterrier_knowacq.packed import packed_hidden_states, supports_packing
+from pyterrier_knowacq.models.backbones import load_encoder
+from pyterrier_knowacq.models.packed import packed_hidden_states, supports_packing
 
 
 @pytest.fixture
 def packed_calls(monkeypatch):
     """A list that grows by one on every packed forward (so a test can assert the packed path was taken)."""
-    import pyterrier_knowacq.packed as packed
+    import pyterrier_knowacq.models.packed as packed
     calls = []
     monkeypatch.setattr(packed, 'packed_hidden_states', lambda *a, **k: calls.append(1) or packed_hidden_states(*a, **k))
     return calls
@@ -53,8 +53,8 @@ def test_training_mode_and_decoders_use_the_standard_forward():
 
 @pytest.mark.parametrize('pooling', ['cls', 'mean', 'segment-product'])
 def test_cross_encoder_scores_are_unchanged_by_packing(pooling, packed_calls, monkeypatch):
-    import pyterrier_knowacq.packed as packed
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    import pyterrier_knowacq.models.packed as packed
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     ce = CrossEncoder.new('tiny-bert', pooling=pooling, seed=0)
     q = ['cats', 'what do dogs eat', 'fish']
     d = ['a cat purrs, sleeps and eats.', 'dogs eat meat and kibble', 'goldfish swim in a bowl of water all day']
@@ -67,8 +67,8 @@ def test_cross_encoder_scores_are_unchanged_by_packing(pooling, packed_calls, mo
 @pytest.mark.parametrize('pooling', ['cls', 'mean'])
 def test_bi_encoder_vectors_are_unchanged_by_packing(pooling, packed_calls, monkeypatch):
     import numpy as np
-    import pyterrier_knowacq.packed as packed
-    from pyterrier_knowacq.biencoder import BiEncoder
+    import pyterrier_knowacq.models.packed as packed
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     model = BiEncoder.from_pretrained('tiny-bert', pooling=pooling)
     texts = ['a cat purrs', 'dogs eat meat and kibble, mostly', 'x']
     got = model.encode_docs(texts)
@@ -78,10 +78,10 @@ def test_bi_encoder_vectors_are_unchanged_by_packing(pooling, packed_calls, monk
 
 
 def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, packed_calls, monkeypatch):
-    import pyterrier_knowacq.packed as packed
+    import pyterrier_knowacq.models.packed as packed
     from transformers import AutoModelForSequenceClassification
-    from pyterrier_knowacq.backbones import load_tokenizer, resolve_model
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.backbones import load_tokenizer, resolve_model
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_pretrained(resolve_model('tiny-bert'), num_labels=1).save_pretrained(tmp_path)
     load_tokenizer('tiny-bert').save_pretrained(tmp_path)
@@ -94,8 +94,8 @@ def test_sequence_classification_checkpoints_score_the_same_packed(tmp_path, pac
 
 
 def test_colbert_document_vectors_are_unchanged_by_packing(packed_calls, monkeypatch):
-    import pyterrier_knowacq.packed as packed
-    from pyterrier_knowacq.colbert import ColBERTModel
+    import pyterrier_knowacq.models.packed as packed
+    from pyterrier_knowacq.models.colbert import ColBERTModel
     model = ColBERTModel.new('tiny-bert', dim=16, seed=0).eval()
     ids, mask = model.tokenize_docs(['a cat, purring; sleeps.', 'dogs bark at the postman every day'])
     with torch.inference_mode():

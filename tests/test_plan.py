@@ -6,9 +6,9 @@ import time
 import pytest
 import yaml
 
-from pyterrier_knowacq import planning
+from pyterrier_knowacq.experiments import planning
 from pyterrier_knowacq.cli import main
-from pyterrier_knowacq.planning import activation_estimate, architecture, make_plan, param_counts
+from pyterrier_knowacq.experiments.planning import activation_estimate, architecture, make_plan, param_counts
 
 TINY = {
     'name': 'tiny-plan', 'dataset': 'msmarco-passage', 'folds': [{'train': 'dl20', 'test': 'dl19'}],
@@ -42,7 +42,7 @@ def _step_estimate(row, queries):
 def test_plan_matches_a_direct_measurement_of_a_real_step(tiny_yaml, msmarco):
     """The plan (built from 1- and 2-layer models on synthetic texts) is within 2x of the saved activations of one
     real step of each family's task on real MS MARCO passages (tiny-bert cross-encoder; tiny-llama + LoRA)."""
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq.training import examples as ex
     from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
     from pyterrier_knowacq.training.dense import BiEncoderTask, build_biencoder

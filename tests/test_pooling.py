@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyterrier_knowacq.pooling import get_pooling, last_token_index
+from pyterrier_knowacq.models.pooling import get_pooling, last_token_index
 
 
 def _batch():
@@ -53,8 +53,8 @@ def test_segment_product_is_the_product_of_normalised_segment_means():
 
 
 def test_segment_product_cross_encoder_starts_from_the_backbone_similarity():
-    from pyterrier_knowacq.backbones import load_encoder
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.backbones import load_encoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq._util import KnowacqError
     ce = CrossEncoder.new('tiny-bert', pooling='segment-product')
     encoder, tok = load_encoder('tiny-bert')

@@ -20,14 +20,14 @@ import pyterrier as pt
 import pyterrier.testing
 import pytest
 
-from pyterrier_knowacq._artifact import DualEncoderFamily, ModelFamily
+from pyterrier_knowacq.models.artifacts import DualEncoderFamily, ModelFamily
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.biencoder import BiEncoder
-from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
-from pyterrier_knowacq.colbert_index import ColBERTIndex, ColBERTIndexer
-from pyterrier_knowacq.crossencoder import CrossEncoder
-from pyterrier_knowacq.datasets import RunTransformer, TextLoader, get_dataset
-from pyterrier_knowacq.first_stage import PisaBM25
+from pyterrier_knowacq.models.biencoder import BiEncoder
+from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
+from pyterrier_knowacq.models.colbert_index import ColBERTIndex, ColBERTIndexer
+from pyterrier_knowacq.models.crossencoder import CrossEncoder
+from pyterrier_knowacq.datasets.core import RunTransformer, TextLoader, get_dataset
+from pyterrier_knowacq.models.first_stage import PisaBM25
 
 os.environ.setdefault('PT_TEST_TRANSFORMER_REPORTS', '0')   # TransformerTestCase's per-class report warnings
 
@@ -274,7 +274,7 @@ def test_dataset_provider_embedded_collection():
         assert 'text' in out.columns and '*' not in out.columns and out['text'].str.len().min() > 0
     with pytest.raises(ValueError, match='no field'):
         pt.text.get_text(ds, ['title'])
-    from pyterrier_knowacq.pt_dataset import KnowacqDatasetProvider
+    from pyterrier_knowacq.datasets.pt_provider import KnowacqDatasetProvider
     assert {'msmarco-passage', 'scifact'} <= set(KnowacqDatasetProvider().list_dataset_names())
     knowacq = get_dataset('msmarco-passage')
     assert ds.dataset is knowacq and ds.run_transformer('bm25') == knowacq.run_transformer('bm25')

@@ -24,7 +24,7 @@ def test_readme_has_code_blocks():
 
 @pytest.mark.parametrize('code', _blocks('yaml'))
 def test_yaml_blocks_are_valid_experiments(code):
-    from pyterrier_knowacq.experiment_config import check_config
+    from pyterrier_knowacq.experiments.config import check_config
     check_config(yaml.safe_load(code), 'README.md')
 
 
@@ -64,7 +64,7 @@ def test_shell_blocks_name_real_targets_and_commands(code):
 
 def _small_msmarco(root: Path, n_queries: int = 4):
     """The embedded DL19 slice cut to a few judged queries, their BM25 top 100 and judged passages (same layout)."""
-    from pyterrier_knowacq.datasets import MsMarcoPassage, get_dataset
+    from pyterrier_knowacq.datasets.core import MsMarcoPassage, get_dataset
     full = get_dataset('msmarco-passage')
     qrels = full.get_qrels('dl19')
     topics = full.get_topics('dl19')
@@ -91,7 +91,7 @@ def _small_msmarco(root: Path, n_queries: int = 4):
 def test_python_blocks_run_on_a_small_corpus(code, tmp_path, cache, monkeypatch, capsys):
     """The README's Python runs as written, with `msmarco-passage` served by a four-query cut of it (the whole slice
     is the slow test below)."""
-    import pyterrier_knowacq.datasets as datasets
+    import pyterrier_knowacq.datasets.core as datasets
     monkeypatch.setitem(datasets._CACHE, ('msmarco-passage', None), _small_msmarco(tmp_path / 'small'))
     monkeypatch.chdir(tmp_path)
     scope = {'__name__': '__readme__'}

@@ -21,7 +21,7 @@ MODELS = ('tiny-bert', 'tiny-llama', 'tiny-electra', 'tiny-roberta', 'tiny-dpr-c
 @pytest.fixture
 def rehearsal_cache(tmp_path, monkeypatch):
     """An empty knowacq cache that sees the packaged tiny models (and the tokenizers they are built from)."""
-    from pyterrier_knowacq.backbones import resolve_model
+    from pyterrier_knowacq.models.backbones import resolve_model
     folders = {name: resolve_model(name) for name in MODELS}
     models = tmp_path / 'cache' / 'models'
     models.mkdir(parents=True)
@@ -36,7 +36,7 @@ def accept_processes(monkeypatch):
     """What the preflight does once it checks a dataset's ``generated_runs`` by name, without reading them (reading the
     synthetic teacher would build the whole collection); a no-op after that. (It already drops the runner's own
     ``processes`` key before a spec's validator.)"""
-    from pyterrier_knowacq import preflight
+    from pyterrier_knowacq.experiments import preflight
     run_ref = preflight._Pass.run_ref
 
     def checked_run_ref(self, name, dataset, *args, **kwargs):
@@ -49,7 +49,7 @@ def accept_processes(monkeypatch):
 @pytest.fixture
 def texts_guard(monkeypatch):
     """Counts every attempt to build a whole-corpus dict of a synthetic dataset (``_texts``); it still raises."""
-    from pyterrier_knowacq.synthetic import SyntheticDataset
+    from pyterrier_knowacq.datasets.synthetic import SyntheticDataset
     attempts = []
     original = SyntheticDataset._texts
 
@@ -90,8 +90,8 @@ def _small_rehearsal(tmp_path: Path, steps: int = 2) -> Path:
 
 
 def test_rehearsal_small(tmp_path, monkeypatch, rehearsal_cache, accept_processes, texts_guard, one_thread):
-    from pyterrier_knowacq import experiment
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.experiments import runner as experiment
+    from pyterrier_knowacq.datasets.core import get_dataset
     monkeypatch.setenv('KNOWACQ_REHEARSAL_PASSAGES', '20k')
     monkeypatch.setattr(experiment, 'QUERY_BATCH', 5)       # 12 test queries run in 3 batches of queries
     path = _small_rehearsal(tmp_path)
@@ -156,7 +156,7 @@ def test_rehearsal_small(tmp_path, monkeypatch, rehearsal_cache, accept_processe
 
 def test_rehearsal_preflight_builds_nothing(rehearsal_cache, accept_processes):
     """The 1M-passage file checks in seconds: the collection, its index and its teacher are built by the run."""
-    from pyterrier_knowacq.preflight import check_experiment
+    from pyterrier_knowacq.experiments.preflight import check_experiment
     started = time.time()
     report = check_experiment(REHEARSAL, echo=False)
     assert not report.errors and not report.warnings
@@ -168,8 +168,8 @@ def test_rehearsal_preflight_builds_nothing(rehearsal_cache, accept_processes):
 
 def test_synthetic_docstore(tmp_path, monkeypatch):
     from pyterrier_knowacq._util import KnowacqError
-    from pyterrier_knowacq.datasets import get_dataset
-    from pyterrier_knowacq.synthetic import SyntheticDataset
+    from pyterrier_knowacq.datasets.core import get_dataset
+    from pyterrier_knowacq.datasets.synthetic import SyntheticDataset
     monkeypatch.setenv('KNOWACQ_CACHE', str(tmp_path / 'cache'))
     spec = {'synthetic': {'passages': 3000, 'queries': 60, 'seed': 7}}
     ds = get_dataset(spec)
@@ -248,7 +248,7 @@ def test_processes_key():
 @pytest.mark.slow
 def test_rehearsal_100k(tmp_path, monkeypatch, rehearsal_cache, accept_processes, one_thread):
     """The rehearsal file itself at 100k passages (its full number of steps and queries); about 5 minutes."""
-    from pyterrier_knowacq.experiment import run_experiment
+    from pyterrier_knowacq.experiments.runner import run_experiment
     monkeypatch.setenv('KNOWACQ_REHEARSAL_PASSAGES', '100k')
     out = run_experiment(REHEARSAL, output=str(tmp_path / 'results'))
     meta = json.loads((out / 'meta.json').read_text())

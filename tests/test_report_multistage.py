@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.report_multistage import claims, write_report
+from pyterrier_knowacq.reports.multistage import claims, write_report
 
 
 def folder(tmp_path, shift):
@@ -59,7 +59,7 @@ def test_missing_systems_and_folder(tmp_path):
 
 
 def test_system_names_split_into_first_stage_and_strategy():
-    from pyterrier_knowacq.report_multistage import _parse
+    from pyterrier_knowacq.reports.multistage import _parse
     assert _parse('BM25') == ('BM25', None)
     assert _parse('BM25 >> C') == ('BM25', 'C')
     assert _parse('BM25 >> C @100') == ('BM25', 'C@100')

@@ -30,7 +30,7 @@ def test_last_token_is_eos_not_pad():
     batch = enc.tokenize(TEXTS)
     mask = batch['attention_mask']
     eos = enc._tokenizer.eos_token_id
-    from pyterrier_knowacq.pooling import last_token_index
+    from pyterrier_knowacq.models.pooling import last_token_index
     idx = last_token_index(mask)
     assert all(batch['input_ids'][i, j] == eos for i, j in enumerate(idx.tolist()))
     # pad == eos for this tokenizer: the short rows have pads after the real EOS

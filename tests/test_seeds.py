@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from pyterrier_knowacq import KnowacqError
-from pyterrier_knowacq.experiment import _seed_tables, _system_key, _Work, run_experiment
-from pyterrier_knowacq.experiment_config import _measures, load_config
+from pyterrier_knowacq.experiments.runner import _seed_tables, _system_key, _Work, run_experiment
+from pyterrier_knowacq.experiments.config import _measures, load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / 'experiments'
 TOPICS = 5
@@ -92,7 +92,7 @@ def test_aggregated_holds_seed_means_and_meta_the_per_seed_values(seeded):
 
 def test_seed_tables_reproduce_pt_experiment_for_one_seed(seeded):
     """With no seeds, the seed-mean table is pt.Experiment's own (columns, order, tests, Holm), so both modes agree."""
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     ds = get_dataset('msmarco-passage')
     topics = ds.get_topics('dl19')
     qrels = ds.get_qrels('dl19')
@@ -110,7 +110,7 @@ def test_seed_tables_reproduce_pt_experiment_for_one_seed(seeded):
 
 
 def test_report_tests_over_queries_and_shows_the_seed_variance(seeded):
-    from pyterrier_knowacq.report_multistage import seed_table, write_report
+    from pyterrier_knowacq.reports.multistage import seed_table, write_report
     rows = write_report(seeded)
     meta = json.loads((seeded / 'meta.json').read_text())
     by = {r['id']: r for r in rows}
@@ -138,7 +138,7 @@ def test_report_tests_over_queries_and_shows_the_seed_variance(seeded):
 
 def test_seed_table_from_an_inline_folder(tmp_path):
     """mean ± sd over seeds of each seed's mean over queries; seed-independent systems are left out."""
-    from pyterrier_knowacq.report_multistage import seed_markdown, seed_table
+    from pyterrier_knowacq.reports.multistage import seed_markdown, seed_table
     (tmp_path / 'meta.json').write_text(json.dumps({'experiment': 'multistage'}))
     (tmp_path / 'dl19').mkdir()
     rows = [('BM25', 'q1', 'nDCG@10', 0.5, None), ('BM25', 'q2', 'nDCG@10', 0.3, None)]
@@ -185,7 +185,7 @@ def test_seeds_must_be_distinct_integers(tmp_path, value, match):
 
 
 def test_multistage_seeds_yaml_passes_its_dry_run_checks(cache):
-    from pyterrier_knowacq.preflight import check_experiment
+    from pyterrier_knowacq.experiments.preflight import check_experiment
     path = EXPERIMENTS / 'multistage-seeds.yaml'
     raw = yaml.safe_load(path.read_text())
     assert raw['seeds'] == [1, 2, 3] and set(raw['models']) == {'C', 'D'}

@@ -26,7 +26,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_two_stage_training_and_cache(cache, tmp_path):
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     folder = train_model(SPEC, dataset='msmarco-passage', train_split='dl20', seed=1, output_dir=tmp_path, verbose=False)
     info = json.loads((folder / 'training.json').read_text())
     assert info['stage'] == 2 and info['steps'] == 3 and len(info['validation_qids']) == 3
@@ -60,7 +60,7 @@ def test_spec_errors():
 
 
 def test_freeze_layers():
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq.training.stages import _freeze
     ce = CrossEncoder.new('tiny-bert', pooling='mean')
     _freeze(ce.model, 1)
@@ -72,12 +72,12 @@ def test_freeze_layers():
 
 
 def test_teacher_scores_cached_run(cache):
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     from pyterrier_knowacq.training.teachers import score_run, teacher_scores
     ds = get_dataset('msmarco-passage')
     run = ds.get_run('bm25', 'dl19')
     small = run[run['qid'].isin(sorted(run['qid'].unique())[:2]) & (run['rank'] < 3)]
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     ce = CrossEncoder.new('tiny-bert', pooling='mean', max_length=32)
     out = score_run(ce, ds, small, 'dl19', depth=3, name='tiny-ce')
     assert len(out) == 6 and set(out.columns) >= {'qid', 'docno', 'score', 'rank'}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.datasets import IrdsDataset, get_dataset, read_run
+from pyterrier_knowacq.datasets.core import IrdsDataset, get_dataset, read_run
 from pyterrier_knowacq.training.rankgpt_convert import convert_rankgpt, main, parse_permutation
 
 
@@ -309,7 +309,7 @@ def small(tmp_path, monkeypatch):
 
 
 def test_training_groups_lazy_zero_hit_query_skipped_one_index(small, tmp_path):
-    from pyterrier_knowacq.first_stage import named_run, pisa_index
+    from pyterrier_knowacq.models.first_stage import named_run, pisa_index
     from pyterrier_knowacq.training.examples import _slice_index
     from pyterrier_knowacq.training.stages import _stage_items
     stage = {'loss': 'lce', 'steps': 1, 'data': {'run': 'bm25', 'depth': 10, 'negatives': 3}}

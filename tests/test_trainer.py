@@ -144,7 +144,7 @@ TEXTS = {f'd{i}': f'passage number {i} about ' + ('cats' if i % 2 else 'dogs') f
 
 
 def ce_task(lookups, seed=0, single=False):
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
     from pyterrier_knowacq.training.examples import Group
     groups = [Group(f'q{i}', 'cats' if i % 2 else 'dogs', [f'd{i}'], [f'd{(i + 1) % 20}', f'd{(i + 3) % 20}'])

@@ -27,7 +27,7 @@ def cfg(**kw):
 
 
 def ce_task(seed=0, queries_per_batch=4, max_length=64):
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
     ce = CrossEncoder.new('tiny-bert', pooling='mean', seed=seed)
     return CrossEncoderTask(ce, 'lce', GROUPS, texts_of=lambda ds: [TEXTS[d] for d in ds], group_size=4,
@@ -253,7 +253,7 @@ def test_lora_model_saved_as_adapters(tmp_path):
     assert (res.model_dir / 'adapter_model.safetensors').stat().st_size < 0.02 * base_bytes
     # the adapters reproduce the trained encoder on the base weights
     from peft import PeftModel
-    from pyterrier_knowacq.backbones import load_encoder
+    from pyterrier_knowacq.models.backbones import load_encoder
     base, _ = load_encoder('tiny-llama')
     loaded = PeftModel.from_pretrained(base, str(res.model_dir)).eval()
     ids = torch.tensor([[5, 6, 7, 2]])

@@ -9,7 +9,7 @@ import pytest
 
 from pyterrier_knowacq import BiEncoder, CrossEncoder
 from pyterrier_knowacq._util import KnowacqError
-from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
+from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
 
 QUERIES = ['cats', 'dogs barking at night', 'pets']
 DOCS = ['cats purr', 'dogs bark loudly at night when the moon is full', 'fish', 'a cat chases a mouse around the house']
@@ -144,7 +144,7 @@ def test_biencoder_scorer_uses_precomputed_vectors(be):
 
 
 def test_cross_encoder_scores_each_distinct_pair_once(ce, monkeypatch):
-    import pyterrier_knowacq.crossencoder as module
+    import pyterrier_knowacq.models.crossencoder as module
     run = _run()
     # the same topics under a second set of qids: every (query, text) pair appears twice
     doubled = pd.concat([run, run.assign(qid=run['qid'] + '-again')], ignore_index=True)

@@ -19,7 +19,7 @@ import yaml
 
 from pyterrier_knowacq import KnowacqError
 from pyterrier_knowacq.cli import main
-from pyterrier_knowacq.preflight import PreflightError, check_experiment, check_train_file
+from pyterrier_knowacq.experiments.preflight import PreflightError, check_experiment, check_train_file
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / 'experiments'
 
@@ -85,7 +85,7 @@ def test_real_run_checks_first_and_fails_in_seconds(tmp_path, cache):
     path = _bad_multistage(tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(PreflightError) as info:
-        from pyterrier_knowacq.experiment import run_experiment
+        from pyterrier_knowacq.experiments.runner import run_experiment
         run_experiment(path, output=tmp_path / 'res')
     assert time.perf_counter() - t0 < 30
     problems = info.value.problems
@@ -197,7 +197,7 @@ class _Flaky(pt.Transformer):
 
 @pytest.fixture
 def test_stages():
-    from pyterrier_knowacq.stages import STAGES, register_stage
+    from pyterrier_knowacq.experiments.components import STAGES, register_stage
 
     @register_stage('counted_run')
     def counted_run(ctx, name: str = 'bm25', tag: str = 'x', k: int = None):
@@ -243,7 +243,7 @@ def test_failed_system_keeps_the_finished_ones_and_a_rerun_resumes(tmp_path, cac
     assert sorted(p.name for p in (out / 'dl19' / 'runs').iterdir()) == ['bm25.res.gz', 'top-5.res.gz']
     first_timings = meta['timings']['dl19']
     assert set(first_timings) == {'BM25', 'Top 5'}
-    from pyterrier_knowacq.leaderboard_data import read_experiment
+    from pyterrier_knowacq.leaderboard.data import read_experiment
     exp = read_experiment(out, 'x', 'resume')
     assert any('INCOMPLETE' in p and 'Flaky' in p for p in exp.problems)   # the leaderboard says so
     assert (tmp_path / 'results' / '.knowacq-work' / 'resume').is_dir()
@@ -268,7 +268,7 @@ def test_failed_system_keeps_the_finished_ones_and_a_rerun_resumes(tmp_path, cac
 
 
 def test_nothing_finished_leaves_nothing(tmp_path, cache, test_stages):
-    from pyterrier_knowacq.experiment import run_experiment
+    from pyterrier_knowacq.experiments.runner import run_experiment
     path = tmp_path / 'broken.yaml'
     path.write_text('name: broken\ndataset: msmarco-passage\ntopics: [dl19]\nsystems:\n  F: run(name=bm25) >> flaky\n')
     with pytest.raises(KnowacqError, match='flaky stage failed'):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_knowacq import KnowacqError
-from pyterrier_knowacq.verify import restricted_config, select_systems, verify
+from pyterrier_knowacq.leaderboard.verify import restricted_config, select_systems, verify
 
 EXPERIMENT = """\
 name: verify-me
@@ -27,7 +27,7 @@ measures: [nDCG@10, RR(rel=2)@10]
 
 @pytest.fixture
 def results(tmp_path, cache):
-    from pyterrier_knowacq.experiment import run_experiment
+    from pyterrier_knowacq.experiments.runner import run_experiment
     path = tmp_path / 'verify-me.yaml'
     path.write_text(EXPERIMENT)
     out = tmp_path / 'results' / 'verify-me'

@@ -102,7 +102,7 @@ class IntegratedGradients:
 
     Args:
         model: a model name (alias, folder, hub id, ``random:``, adapter folder), loaded by
-            :func:`~pyterrier_knowacq.backbones.load_encoder` (a DPR encoder as the BERT inside it), or an
+            :func:`~pyterrier_knowacq.models.backbones.load_encoder` (a DPR encoder as the BERT inside it), or an
             ``(nn.Module, tokenizer)`` pair.
         pooling: pooling of the target embedding (``cls``, ``mean``, ``last``).
         steps: number of alpha values (``1/steps .. 1``).
@@ -115,13 +115,13 @@ class IntegratedGradients:
     def __init__(self, model, pooling: str = 'cls', *, steps: int = 20, threshold: Optional[float] = None,
                  layers: Optional[Sequence[int]] = None, max_length: int = 128, method: str = 'batched',
                  append_eos: Optional[bool] = None):
-        from ..backbones import is_decoder_config, load_encoder
+        from ..models.backbones import is_decoder_config, load_encoder
         from .representations import check_pooling
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
             self.model_name = getattr(self.model, 'name_or_path', type(self.model).__name__)
             if getattr(self.model.config, 'model_type', None) == 'dpr':   # a DPR wrapper: attribute the BERT inside
-                from ..backbones import _dpr_bert
+                from ..models.backbones import _dpr_bert
                 self.model = _dpr_bert(self.model, self.model_name)
         else:
             self.model_name = str(model)
@@ -158,7 +158,7 @@ class IntegratedGradients:
         return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
 
     def _target(self, out, mask):
-        from ..pooling import get_pooling
+        from ..models.pooling import get_pooling
         hidden = out.last_hidden_state
         mask = mask.expand(hidden.shape[0], -1)
         return get_pooling(self.pooling)(hidden, mask).norm(dim=-1)  # [rows]

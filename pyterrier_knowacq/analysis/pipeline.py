@@ -159,10 +159,10 @@ class _Resolver:
 def merged_adapter(base: str, adapter: str) -> str:
     """A LoRA adapter (e.g. castorini/repllama-v1-7b-lora-passage) merged into its base model, cached as a folder.
 
-    The one loading path for adapters, :func:`pyterrier_knowacq.backbones.merge_adapter`: the base loads strictly,
+    The one loading path for adapters, :func:`pyterrier_knowacq.models.backbones.merge_adapter`: the base loads strictly,
     and every adapter weight must load into it (else :class:`KnowacqError`), then the merged model is cached.
     """
-    from ..backbones import merge_adapter
+    from ..models.backbones import merge_adapter
     return merge_adapter(base, adapter)
 
 

@@ -2,7 +2,7 @@
 
 Sources:
 
-* qrels of any dataset (:func:`pyterrier_knowacq.datasets.get_dataset`): positives are judged at or above
+* qrels of any dataset (:func:`pyterrier_knowacq.datasets.core.get_dataset`): positives are judged at or above
   ``rel_min``; negatives are judged non-relevant (``negatives='judged'``, MS MARCO DL), taken from a first-stage run
   (``'bm25'`` = PISA BM25 over the corpus, or ``'run:NAME'`` = a shipped run) minus the judged positives, or
   ``'random'`` corpus passages; ``'auto'`` uses judged negatives when the qrels have enough and BM25 otherwise.
@@ -146,7 +146,7 @@ def _negative_pool(dataset, split: str, qids: Sequence[str], how: str, depth: in
         return {q: [docnos[i] for i in rng.choice(len(docnos), min(depth, len(docnos)), replace=False)
                     if docnos[i] not in judged.get(q, ())] for q in qids}
     if how == 'bm25':
-        from ..first_stage import PisaBM25
+        from ..models.first_stage import PisaBM25
         run = PisaBM25(dataset, num_results=depth)(topics[topics.qid.isin(qids)][['qid', 'query']])
     elif how.startswith('run:'):
         run = dataset.get_run(how[4:], split)
@@ -165,7 +165,7 @@ def probe_set_from_dataset(dataset, split=None, *, n_max: int = 5, negatives: st
 
     ``split`` may be a list (e.g. ``['dl19', 'dl20']``): the splits' queries are pooled before the query split.
     """
-    from ..datasets import get_dataset
+    from ..datasets.core import get_dataset
     ds = get_dataset(dataset)
     splits = list(split) if isinstance(split, (list, tuple)) else [split]
     texts = {d['docno']: d['text'] for d in ds.get_corpus_iter()}
@@ -201,7 +201,7 @@ def probe_set_from_dpr_json(path, *, n_max: int = 5, seed: int = 42, use_hard_ne
         path = Path(str(path) + '.gz')
     if not path.exists():
         raise KnowacqError(f'DPR JSON file {path} does not exist; give the path of a biencoder-*.json(.gz) file')
-    from ..readers import read_dpr_json
+    from ..datasets.readers import read_dpr_json
     records = read_dpr_json(path)  # checked: each problem is one `file:line: ...` error
 
     def text(ctx):
@@ -223,7 +223,7 @@ def load_probe_set(spec: Dict, *, seed: int, n_max: int) -> ProbeSet:
     if 'dpr_json' in spec:
         p = spec.pop('dpr_json')
         if p == 'nq-dpr-sample':
-            from ..datasets import DATA_DIR
+            from ..datasets.core import DATA_DIR
             p = DATA_DIR / 'nq-dpr-sample' / 'haystack-dpr-sample.json.gz'
         return probe_set_from_dpr_json(p, n_max=n_max, seed=seed, **kw)
     if 'dataset' not in spec:

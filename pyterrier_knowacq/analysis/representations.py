@@ -44,8 +44,8 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 def check_pooling(pooling: str, config, model_name: str = '') -> None:
     """Raise :class:`KnowacqError` when ``pooling`` cannot be used with this architecture (``cls`` on a decoder)."""
-    from ..backbones import is_decoder_config
-    from ..pooling import get_pooling
+    from ..models.backbones import is_decoder_config
+    from ..models.pooling import get_pooling
     try:
         pool = get_pooling(pooling)
     except ValueError as e:
@@ -78,7 +78,7 @@ class LayerEncoder:
     """Pooled hidden states of every layer of a model, cached on disk.
 
     Args:
-        model: any name :func:`pyterrier_knowacq.backbones.resolve_model` accepts (alias, folder, hub id, ``random:``).
+        model: any name :func:`pyterrier_knowacq.models.backbones.resolve_model` accepts (alias, folder, hub id, ``random:``).
         pooling: ``cls``, ``mean`` or ``last``; ``cls`` on a causal decoder raises :class:`KnowacqError`.
         max_length: tokens per text (longer texts are truncated).
         batch_size: texts per forward pass.
@@ -91,7 +91,7 @@ class LayerEncoder:
     def __init__(self, model: str, pooling: str = 'cls', *, max_length: int = 128, batch_size: int = 32,
                  append_eos: Optional[bool] = None, padding_side: Optional[str] = None, cache: bool = True,
                  tokenizer: Optional[str] = None):
-        from ..backbones import is_decoder_config, load_config, model_fingerprint
+        from ..models.backbones import is_decoder_config, load_config, model_fingerprint
         self.model_name = str(model)
         self.pooling = str(pooling).lower()
         self.max_length = int(max_length)
@@ -122,7 +122,7 @@ class LayerEncoder:
     def _load(self):
         if self._model is None:
             # every weight from the checkpoint (a DPR encoder: the BERT inside it), see backbones.load_encoder
-            from ..backbones import load_encoder, load_pretrained_encoder, load_tokenizer, resolve_model
+            from ..models.backbones import load_encoder, load_pretrained_encoder, load_tokenizer, resolve_model
             if self.tokenizer_name:
                 self._model = load_pretrained_encoder(resolve_model(self.model_name), self.model_name).eval()
                 self._tokenizer = load_tokenizer(self.tokenizer_name)
@@ -155,7 +155,7 @@ class LayerEncoder:
 
     def _forward_pooled(self, texts: Sequence[str]) -> np.ndarray:
         import torch
-        from ..pooling import get_pooling
+        from ..models.pooling import get_pooling
         model, _ = self._load()
         pool = get_pooling(self.pooling)
         batch = self.tokenize(texts)

@@ -41,8 +41,8 @@ def _file_digests(value, out: Dict[str, str]) -> None:
 
 def training_key(spec: Dict[str, Any], dataset, split, seed: int, version: int) -> str:
     """A 16-hex-digit hash of everything that decides a trained model (see the module docstring)."""
-    from ..backbones import model_fingerprint
-    from ..datasets import get_dataset
+    from ..models.backbones import model_fingerprint
+    from ..datasets.core import get_dataset
     dataset = get_dataset(dataset)
     weights = {f: model_fingerprint(str(spec[f])) for f in MODEL_FIELDS if spec.get(f)}
     files: Dict[str, str] = {}

@@ -1,6 +1,6 @@
 """The cross-encoder training task for :class:`~pyterrier_knowacq.training.trainer.Trainer`.
 
-A task wraps a :class:`~pyterrier_knowacq.crossencoder.CrossEncoder`, a loss from the registry and a list of
+A task wraps a :class:`~pyterrier_knowacq.models.crossencoder.CrossEncoder`, a loss from the registry and a list of
 *items* (contrastive :class:`~.examples.Group` s or teacher :class:`~.examples.TeacherList` s). Each epoch shuffles the
 items with ``seed + epoch``, draws a group/list per item and packs ``queries_per_batch`` of them per batch. Batches
 are light (query ids, queries, docnos, targets); the passage texts of a batch are looked up when it is trained on,

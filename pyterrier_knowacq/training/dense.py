@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
-from ..first_stage import named_run
+from ..models.first_stage import named_run
 
 __all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS']
 
@@ -110,7 +110,7 @@ class DualEncoder(torch.nn.Module):
 
     def __init__(self, doc_model, query_model=None, pooling: str = 'cls', normalize: bool = False):
         super().__init__()
-        from ..pooling import get_pooling
+        from ..models.pooling import get_pooling
         self.doc = doc_model
         self.query = query_model
         self.pool = get_pooling(pooling)
@@ -195,7 +195,7 @@ class BiEncoderTask:
         return sampled_group_batches(self.groups, self.negatives, self.qpb, self.seed, epoch, rank, world_size)
 
     def _encode(self, model, texts, role):
-        from .._batching import pad_batch
+        from ..models._batching import pad_batch
         enc = self.bienc._prepare(texts, role)
         device = next(self.bienc.model.parameters()).device
         batch = pad_batch(self.bienc.tokenizer, enc, np.arange(len(texts)), device)
@@ -330,9 +330,9 @@ def _strip_gguf(model):
 
 
 def build_biencoder(spec: Dict[str, Any], seed: int = 42):
-    """The untrained :class:`~pyterrier_knowacq.biencoder.BiEncoder` a spec starts from."""
-    from ..backbones import load_encoder, resolve_model
-    from ..biencoder import BiEncoder
+    """The untrained :class:`~pyterrier_knowacq.models.biencoder.BiEncoder` a spec starts from."""
+    from ..models.backbones import load_encoder, resolve_model
+    from ..models.biencoder import BiEncoder
     torch.manual_seed(seed)
     model, tok = load_encoder(spec['backbone'])
     model = _strip_gguf(model)
@@ -353,7 +353,7 @@ def build_biencoder(spec: Dict[str, Any], seed: int = 42):
 def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str], output_dir: Optional[Path] = None,
                     seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
     """Fine-tune (or fetch from the cache) the bi-encoder ``spec`` on ``dataset``'s ``train_split``; returns its folder."""
-    from ..datasets import get_dataset
+    from ..datasets.core import get_dataset
     from .trainer import TrainConfig, Trainer
     dataset = get_dataset(dataset)
     if train_split is None and 'train' in (getattr(dataset, 'splits', ()) or ()):

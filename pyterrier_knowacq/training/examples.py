@@ -260,11 +260,11 @@ def score_targets(run: pd.DataFrame) -> Dict[str, Dict[str, float]]:
 
 def _slice_index(dataset, extra_texts: Dict[str, str]):
     """A PISA BM25 index for the negatives of extra training data: the corpus's own cached index
-    (:func:`~pyterrier_knowacq.first_stage.pisa_index`) when every extra passage is in the corpus already (one batched
+    (:func:`~pyterrier_knowacq.models.first_stage.pisa_index`) when every extra passage is in the corpus already (one batched
     look-up), else an index of the corpus plus the extra passages (keyed by the corpus fingerprint and their content)."""
     import hashlib
     import pyterrier_pisa
-    from ..first_stage import _quiet_native, index_threads, pisa_index
+    from ..models.first_stage import _quiet_native, index_threads, pisa_index
     found = dataset.find_texts(list(extra_texts))
     extra = {d: t for (d, t), f in zip(extra_texts.items(), found) if f is None}
     if not extra:
@@ -296,7 +296,7 @@ def extra_groups(name: str, dataset, *, depth: int = 30, seed: int = 42) -> List
     ``depth`` over ``dataset``'s corpus (the embedded 31k-passage slice) minus the positives.
     ``msmarco-train``: the 110 MS MARCO train queries with their own negatives (texts carried in the group).
     """
-    from ..datasets import get_dataset
+    from ..datasets.core import get_dataset
     train = get_dataset('msmarco-passage-train')
     if name == 'msmarco-train':
         groups = []
@@ -314,7 +314,7 @@ def extra_groups(name: str, dataset, *, depth: int = 30, seed: int = 42) -> List
         # groups carry the texts of passages outside the corpus only; the rest are looked up in the corpus
         extra = {d: t for (d, t), f in zip(texts.items(), dataset.find_texts(list(texts))) if f is None}
         clean = topics.assign(query=topics['query'].map(lambda s: re.sub(r'[^\w ]', ' ', s)))
-        from ..first_stage import _quiet_native
+        from ..models.first_stage import _quiet_native
         with _quiet_native():
             res = index.bm25(num_results=depth + 5)(clean)
         pos = qrels.groupby('qid')['docno'].apply(list).to_dict()

@@ -73,7 +73,7 @@ def _cores() -> int:
 
 def _prepare(kind: str, spec: Dict[str, Any], dataset, train_split, dry_run: bool) -> None:
     """Build in this process what every rank would otherwise build at once in the shared cache."""
-    from ..backbones import _locate, resolve_model
+    from ..models.backbones import _locate, resolve_model
     if hasattr(dataset, 'prepare'):
         dataset.prepare()
     names = [spec.get(f) for f in ('backbone', 'query_backbone', 'init')]
@@ -98,7 +98,7 @@ def _prepare(kind: str, spec: Dict[str, Any], dataset, train_split, dry_run: boo
     if isinstance(spec.get('validation'), dict):
         runs.append(spec['validation'].get('run', 'bm25'))
     if 'bm25' in runs and 'bm25' not in (dataset.run_names(train_split) or []):
-        from ..first_stage import pisa_index
+        from ..models.first_stage import pisa_index
         pisa_index(dataset)
     for d in datas:
         teachers = d.get('teacher') if isinstance(d, dict) else None
@@ -113,8 +113,8 @@ def train_in_processes(kind: str, spec: Dict[str, Any], *, dataset, train_split,
     """Train ``spec`` (a ``models:`` entry without ``kind``/``processes``) in ``processes`` DDP ranks; returns the
     trained folder. ``dataset`` is the dataset *spec* (a name, ``irds:``/``beir:`` string or mapping), which each rank
     opens itself."""
-    from ..datasets import get_dataset
-    from ..experiment_config import MODEL_TRAINERS
+    from ..datasets.core import get_dataset
+    from ..experiments.config import MODEL_TRAINERS
     if kind not in MODEL_TRAINERS:
         raise KnowacqError(f'unknown model kind {kind!r}; choose one of {list(MODEL_TRAINERS)}')
     spec, _ = pop_processes(spec)   # (the runner passes it as ``processes``)
@@ -238,8 +238,8 @@ def main(argv=None) -> int:
     try:
         import torch
         torch.set_num_threads(int(job['threads']))
-        from ..datasets import get_dataset
-        from ..experiment_config import MODEL_TRAINERS
+        from ..datasets.core import get_dataset
+        from ..experiments.config import MODEL_TRAINERS
         module_name, fn_name = MODEL_TRAINERS[job['kind']]
         module = importlib.import_module(module_name)
         fn = getattr(module, fn_name)

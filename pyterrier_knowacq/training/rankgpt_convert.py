@@ -278,7 +278,7 @@ def convert_rankgpt(path, dataset, out_run, *, permutation=None, ranked: bool = 
     ``passages_loose``, ``passages_ambiguous``, ``permutations_repaired``, ``permutations_empty``,
     ``queries_written``, ``lines_written``, ``out`` and a one-line ``message``.
     """
-    from ..datasets import get_dataset
+    from ..datasets.core import get_dataset
     dataset = get_dataset(dataset)
     path = Path(path)
     perms = _load_permutations(permutation) if permutation is not None else None

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
-from ..first_stage import named_run
+from ..models.first_stage import named_run
 
 __all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
 
@@ -203,7 +203,7 @@ def _stage_items(stage, dataset, split, train_qids, seed, text_known, notes=None
 
 def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val_qids, work: Path, verbose: bool,
                  notes=None):
-    from ..crossencoder import CrossEncoder
+    from ..models.crossencoder import CrossEncoder
     from .crossencoder_task import CrossEncoderTask
     from .trainer import TrainConfig, Trainer
     known = dataset.known_docnos()   # None for irds: too large to list, every docno is assumed to have text
@@ -256,7 +256,7 @@ def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: 
     overrides ``spec['validation']``. ``output_dir``, when given, receives ``training.json`` (per-stage history).
     Interrupted training resumes from the stage's checkpoint on the next call.
     """
-    from ..datasets import get_dataset
+    from ..datasets.core import get_dataset
     from .examples import split_validation
     dataset = get_dataset(dataset)
     spec = copy.deepcopy(validate_spec(spec))
@@ -309,8 +309,8 @@ def train_from_config(path, *, seed: Optional[int] = None) -> Dict[str, Path]:
     model spec, an unknown dataset or split) is one ``<file>:<line>: <problem>; <fix>`` error, raised before any
     training starts.
     """
-    from ..datasets import get_dataset
-    from ..readers import file_error, load_yaml, locate_error, yaml_line
+    from ..datasets.core import get_dataset
+    from ..datasets.readers import file_error, load_yaml, locate_error, yaml_line
     path = Path(path)
     if not path.exists():
         raise KnowacqError(f'{path} does not exist; give the path of a training YAML file')

@@ -3,7 +3,7 @@ distilled from another (KL / margin-MSE targets) or a ranker's ordering used as 
 
 Example::
 
-    from pyterrier_knowacq.biencoder import BiEncoder
+    from pyterrier_knowacq.models.biencoder import BiEncoder
     ranker = BiEncoder.from_pretrained('minilm-l6', pooling='mean').scorer()
     run = score_run(ranker, ds, 'bm25', 'dl20', depth=100, name='minilm-bi')   # cached TREC run
     targets = score_targets(run)
@@ -41,7 +41,7 @@ def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, dep
 
     Queries are scored ``queries_per_chunk`` at a time, each chunk's texts fetched with one batched
     ``dataset.get_texts`` call, so memory holds one chunk's texts, never the whole run's (or the corpus)."""
-    from ..datasets import read_run
+    from ..datasets.core import read_run
     name = name or repr(ranker)
     frame = dataset.get_run(run, split) if isinstance(run, str) else run.copy()
     # keyed by content: the teacher (its name holds its weights' fingerprint), the data, and the run's rows
@@ -72,13 +72,13 @@ def score_run(ranker, dataset, run: Union[str, pd.DataFrame], split: str, *, dep
 def teacher_ranker(spec: dict):
     """``{biencoder: NAME, pooling: mean}`` or ``{crossencoder: FOLDER}`` -> a re-ranking transformer and a name that
     holds its weights' content fingerprint (the teacher-run cache key)."""
-    from ..backbones import model_fingerprint
+    from ..models.backbones import model_fingerprint
     if 'biencoder' in spec:
-        from ..biencoder import BiEncoder
+        from ..models.biencoder import BiEncoder
         return BiEncoder.from_pretrained(spec['biencoder'], pooling=spec.get('pooling', 'mean')).scorer(), \
             f"bi:{spec['biencoder']}:{spec.get('pooling', 'mean')}:{model_fingerprint(spec['biencoder'])}"
     if 'crossencoder' in spec:
-        from ..crossencoder import CrossEncoder
+        from ..models.crossencoder import CrossEncoder
         max_length = int(spec.get('max_length', 256))
         return CrossEncoder.from_pretrained(spec['crossencoder'], max_length=max_length), \
             f"ce:{spec['crossencoder']}:{max_length}:{model_fingerprint(spec['crossencoder'])}"
