@@ -91,14 +91,14 @@ def test_scaling_with_layers_and_batch_is_monotone(tiny_yaml):
 
 
 def test_measurements_are_cached_under_the_knowacq_cache(tiny_yaml, cache, monkeypatch):
-    planning._MEMO.clear()   # (measurements are also remembered in the process)
+    planning.measure._MEMO.clear()   # (measurements are also remembered in the process)
     first = make_plan(tiny_yaml, gpu='cpu', sizes=False)
     assert list((cache / 'plan').glob('*.json'))
-    planning._MEMO.clear()
+    planning.measure._MEMO.clear()
 
     def no_measuring(*args, **kwargs):
         raise AssertionError('measured again')
-    monkeypatch.setattr(planning, '_training_task', no_measuring)
+    monkeypatch.setattr(planning.measure, '_training_task', no_measuring)
     again = make_plan(tiny_yaml, gpu='cpu', sizes=False)
     assert [r['peak_bytes'] for r in again['models']] == [r['peak_bytes'] for r in first['models']]
 
@@ -129,7 +129,7 @@ def too_big(tmp_path, cache, monkeypatch):
               'systems': {'BM25': 'run(name=bm25)'}, 'baseline': 'BM25'}
     path = tmp_path / 'too-big.yaml'
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    monkeypatch.setattr(planning, '_ram_bytes', lambda: 16 * 2 ** 30)   # the same verdict on any test machine
+    monkeypatch.setattr(planning.devices, '_ram_bytes', lambda: 16 * 2 ** 30)   # the same verdict on any test machine
     return path
 
 

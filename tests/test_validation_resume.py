@@ -101,8 +101,9 @@ def test_real_run_checks_first_and_fails_in_seconds(tmp_path, cache):
 
 def test_dry_run_reports_missing_dpr_json_with_the_other_problems(tmp_path, cache, capsys):
     text = (EXPERIMENTS / 'knowacq-full.yaml').read_text()
-    text = _inject(text, 'nq: {dpr_json: nq-dpr-sample}', f'nq: {{dpr_json: {tmp_path}/biencoder-nq-dev.json}}')
-    text = _inject(text, '    lr: 1.0e-4\n    steps: 1000\n', '    lr: 1.0e-4\n    warmpu: 0.1\n    steps: 1000\n')
+    # the dry run reads the NQ probe's offline stand-in (`dry_run:`), so that is where the missing file goes
+    text = _inject(text, 'dry_run: {dpr_json: nq-dpr-sample}', f'dry_run: {{dpr_json: {tmp_path}/biencoder-nq-dev.json}}')
+    text = _inject(text, '    lr: 1.0e-4\n    steps: 5000\n', '    lr: 1.0e-4\n    warmpu: 0.1\n    steps: 5000\n')
     text = _inject(text, 'pipeline: dense(model=facebook/contriever', 'pipeline: dnese(model=facebook/contriever')
     path = tmp_path / 'knowacq-bad.yaml'
     path.write_text(text)
