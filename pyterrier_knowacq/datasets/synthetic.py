@@ -14,7 +14,10 @@
   ``marco-train-sim.jsonl`` + ``marco-train-sim-gpt3.5.json`` and converted by
   :func:`~pyterrier_knowacq.training.rankgpt_convert.convert_rankgpt` (texts matched against the corpus in one
   streaming pass, as for the real release). The converted run is the dataset's run ``rankgpt-sim`` of the ``train``
-  split (``data: {teacher: rankgpt-sim}``); the conversion report is kept beside it (``conversion.json``).
+  split (``data: {teacher: rankgpt-sim}``); the conversion report is kept beside it (``conversion.json``). The teacher
+  (and the PISA index it is retrieved with) is built by the experiment layer,
+  :func:`pyterrier_knowacq.experiments.rehearsal_data.prepare_generated` (``knowacq run`` calls it before any
+  training); this module generates and reads the collection, and reads the teacher once it is built.
 
 The corpus is written once into the knowacq cache (``datasets/synthetic-.../``, keyed by the parameters and
 :data:`GENERATOR_VERSION`, under a file lock, atomically): ``passages.txt`` (one passage a line) and ``offsets.u64``
@@ -47,7 +50,11 @@ import numpy as np
 import pandas as pd
 
 from .._util import KnowacqError, atomic_directory, atomic_write_json, cache_dir
-from .core import Dataset, IrdsDataset, read_run
+from .base import Dataset
+from .irds import IrdsDataset
+from .readers_trec import read_run
+from .synthetic_corpus import (_CONSONANTS, _VOWELS, CHUNK, MAX_WORDS, MIN_WORDS, VOCABULARY,  # noqa: F401 - re-exported
+                               _generate, _plan, _vocabulary, _zipf_cdf)
 
 __all__ = ['SyntheticDataset', 'synthetic_dataset', 'GENERATOR_VERSION', 'TEACHER_RUN']
 
@@ -58,10 +65,6 @@ TEACHER_RUN = 'rankgpt-sim'
 
 KEYS = {'passages', 'queries', 'seed', 'dev', 'test', 'teacher', 'name', 'passages_env'}
 TEACHER_KEYS = {'coverage', 'depth'}
-VOCABULARY = 50_000
-MIN_WORDS, MAX_WORDS = 12, 28
-CHUNK = 50_000              # passages generated (and written) at a time: generation memory is flat too
-_CONSONANTS, _VOWELS = 'bdfghjklmnprstvz', 'aeiou'
 _FIX = ('write it as {synthetic: {passages: 1000000, queries: 2000, seed: 0}} (optional: dev, test, '
         'teacher: {coverage: 0.5, depth: 20}, name, passages_env)')
 
@@ -169,9 +172,10 @@ class SyntheticDataset(IrdsDataset):
     """A generated collection read through a docstore (see the module docstring). It is an :class:`IrdsDataset` in
     behaviour (batched look-ups, ``known_docnos()`` is ``None``, ``_texts`` raises) without ir_datasets.
 
-    Nothing is generated when the object is made (the preflight builds nothing): the docstore on the first read,
-    the teacher on the first :meth:`get_run` of it, or everything at once with :meth:`prepare_all` (the runner calls
-    it after the preflight, so that each build is metered as its own stage)."""
+    Nothing is generated when the object is made (the preflight builds nothing): the docstore on the first read;
+    the docstore, its PISA index and the teacher all at once with
+    :func:`~pyterrier_knowacq.experiments.rehearsal_data.prepare_generated` (the runner calls it after the preflight,
+    so that each build is metered as its own stage), which :meth:`get_run` of the teacher then reads."""
     #: runs built on first use: a preflight checks their names only (reading one would build the collection)
     generated_runs = (TEACHER_RUN,)
 
@@ -243,15 +247,6 @@ class SyntheticDataset(IrdsDataset):
                                                           **self._corpus_params(),
                                                           'seconds': round(time.time() - started, 2)})
         return target
-
-    def prepare_all(self) -> Path:
-        """Build the docstore, the PISA index of the corpus and the teacher (each a metered stage when built)."""
-        from ..models.first_stage import pisa_index
-        folder = self.folder
-        with _stage(f'index: PISA {self.name}'):   # (~0 s when cached)
-            pisa_index(self)
-        self.teacher_folder()
-        return folder
 
     @property
     def _texts(self):
@@ -332,148 +327,25 @@ class SyntheticDataset(IrdsDataset):
 
     def teacher_report(self) -> Dict[str, Any]:
         """The conversion report of the teacher (``queries_written``, ``passages_mapped``, coverage of the train
-        queries, ...), building the teacher first if needed."""
+        queries, ...), once the teacher is built (see :meth:`teacher_folder`)."""
         return json.loads((self.teacher_folder() / 'conversion.json').read_text(encoding='utf-8'))
 
     def teacher_folder(self) -> Path:
-        """The RankGPT-format teacher files and their conversion (built on first use, once, under a lock)."""
-        t = self.params['teacher']
-        key = _hash({'teacher': t, 'dataset': self.fingerprint(), 'converter': 1})
-        target = self.folder / f'teacher-{key}'
-        if (target / 'conversion.json').exists():
-            return target
-        with _locked(target.with_name(target.name + '.lock')):
-            if (target / 'conversion.json').exists():
-                return target
-            with atomic_directory(target, overwrite=True) as tmp:
-                self._build_teacher(tmp, target, t['coverage'], t['depth'])
+        """The RankGPT-format teacher files and their conversion, once built (by
+        :func:`~pyterrier_knowacq.experiments.rehearsal_data.build_teacher`, which ``knowacq run`` calls before any
+        training); a teacher not built yet is a :class:`KnowacqError` that says so."""
+        target = self.teacher_target()
+        if not (target / 'conversion.json').exists():
+            raise KnowacqError(f'{self.name}: the teacher run {TEACHER_RUN!r} is not built yet; build it with '
+                               'pyterrier_knowacq.experiments.rehearsal_data.build_teacher(dataset) (knowacq run builds '
+                               'it before any training)')
         return target
 
-    def _build_teacher(self, tmp: Path, target: Path, coverage: float, depth: int) -> None:
-        from ..models.first_stage import PisaBM25, pisa_index
-        from ..training.rankgpt_convert import convert_rankgpt
-        train = self.get_topics('train')
-        rng = np.random.default_rng([self.params['seed'], 4])
-        n = max(1, int(round(coverage * len(train))))
-        covered = train.iloc[np.sort(rng.choice(len(train), n, replace=False))].reset_index(drop=True)
-        pisa_index(self)   # (prepare_all builds it first, as its own stage)
-        with _stage(f'teacher: BM25 top-{depth} of {n:,} train queries, RankGPT-format records'):
-            run = PisaBM25(self, num_results=depth)(covered[['qid', 'query']])
-            labels = {(q, d): lab for q, d, lab in self._all_qrels[['qid', 'docno', 'label']].itertuples(index=False)}
-            records, answers = tmp / 'marco-train-sim.jsonl', []
-            with open(records, 'w', encoding='utf-8') as f:
-                for qid, rows in run.sort_values(['qid', 'rank']).groupby('qid', sort=False):
-                    query = rows['query'].iloc[0]
-                    docnos = rows['docno'].astype(str).tolist()
-                    texts = self.get_texts(docnos)
-                    f.write(json.dumps({
-                        'query_id': str(qid), 'query': query,
-                        'positive_passages': [{'docid': d, 'title': '', 'text': t} for d, t in zip(docnos, texts)
-                                              if labels.get((str(qid), d), 0) >= 2],
-                        'retrieved_passages': [{'docid': d, 'title': '', 'text': t, 'rank': r}
-                                               for r, (d, t) in enumerate(zip(docnos, texts), 1)]}) + '\n')
-                    answers.append(_llm_answer(query, docnos, texts, labels, str(qid), np.random.default_rng(
-                        [self.params['seed'], 5, int(qid)])))
-            (tmp / 'marco-train-sim-gpt3.5.json').write_text(json.dumps(answers), encoding='utf-8')
-        with _stage('teacher: convert_rankgpt (one streaming pass over the corpus)'):
-            report = convert_rankgpt(records, self, tmp / f'{TEACHER_RUN}.trec',
-                                     permutation=tmp / 'marco-train-sim-gpt3.5.json', split='train', tag=TEACHER_RUN)
-        report['out'] = str(target / f'{TEACHER_RUN}.trec')          # where it lies once the folder is in place
-        report['message'] = report['message'].replace(str(tmp), str(target))
-        report['train_queries'] = int(len(train))
-        report['coverage_of_train'] = round(report['queries_written'] / max(1, len(train)), 6)
-        atomic_write_json(tmp / 'conversion.json', report)
-        print(f'[knowacq] {self.name}: teacher {TEACHER_RUN}: {report["message"]}; covers '
-              f'{report["queries_written"]:,} of {len(train):,} train queries ({report["coverage_of_train"]:.1%})',
-              file=sys.stderr, flush=True)
-
-
-def _llm_answer(query: str, docnos: List[str], texts: List[str], labels, qid: str, rng) -> str:
-    """A simulated ChatGPT answer over the candidates (BM25 order): ``"[3] > [1] > ..."``, relevant first, then by the
-    number of query words a passage holds, with noise; one answer in twenty is malformed (a repeat, two positions
-    missing), as ChatGPT's sometimes are (the converter repairs them as RankGPT's ``receive_response`` does)."""
-    words = set(query.split())
-    scores = [2.0 * labels.get((qid, d), 0) + len(words & set(t.split())) + rng.normal(0, 0.75)
-              for d, t in zip(docnos, texts)]
-    order = [int(i) + 1 for i in np.argsort(-np.asarray(scores), kind='stable')]
-    if len(order) > 4 and rng.random() < 0.05:
-        order = order[:2] + order[1:2] + order[4:]
-    return ' > '.join(f'[{i}]' for i in order)
-
-
-# -- generation ------------------------------------------------------------------------------------------------------
-
-def _vocabulary(seed: int) -> List[str]:
-    """``VOCABULARY`` distinct pronounceable three-syllable words, most frequent first."""
-    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
-    n = len(syllables)
-    picks = np.random.default_rng([seed, 1]).choice(n ** 3, VOCABULARY, replace=False)
-    return [syllables[i // (n * n)] + syllables[(i // n) % n] + syllables[i % n] for i in picks.tolist()]
-
-
-def _zipf_cdf() -> np.ndarray:
-    weights = 1.0 / (np.arange(VOCABULARY) + 2.7) ** 1.05
-    cdf = np.cumsum(weights)
-    return cdf / cdf[-1]
-
-
-def _plan(passages: int, queries: int, seed: int):
-    """The queries (word ids) and, per passage that gets words injected, ``[(position, word id), ...]``."""
-    rng = np.random.default_rng([seed, 2])
-    targets = rng.choice(passages, 2 * queries, replace=False)
-    rare_lo, mid_lo = VOCABULARY // 4, 100
-    seen, plan, inject = set(), [], {}
-    for q in range(queries):
-        while True:
-            r1, r2 = (int(x) for x in rng.choice(np.arange(rare_lo, VOCABULARY), 2, replace=False))
-            mid, common = int(rng.integers(mid_lo, rare_lo)), int(rng.integers(0, mid_lo))
-            words = [r1, r2, mid, common]
-            order = rng.permutation(4).tolist()
-            key = tuple(words[i] for i in order)
-            if key not in seen:
-                break
-        seen.add(key)
-        plan.append(key)
-        rel, partial = int(targets[q]), int(targets[queries + q])
-        pos = rng.choice(MIN_WORDS, 3, replace=False).tolist()   # within every passage's length
-        inject[rel] = [(pos[0], r1), (pos[1], r2)] + ([(pos[2], mid)] if rng.random() < 0.5 else [])
-        inject[partial] = [(pos[0], r1), (pos[2], mid)]
-    return plan, targets, inject
-
-
-def _generate(folder: Path, passages: int, queries: int, seed: int) -> None:
-    vocab = _vocabulary(seed)
-    cdf = _zipf_cdf()
-    plan, targets, inject = _plan(passages, queries, seed)
-    offset = 0
-    with open(folder / 'passages.txt', 'wb') as text, open(folder / 'offsets.u64', 'wb') as offsets:
-        for c, start in enumerate(range(0, passages, CHUNK)):
-            n = min(CHUNK, passages - start)
-            rng = np.random.default_rng([seed, 3, c])
-            lengths = rng.integers(MIN_WORDS, MAX_WORDS + 1, size=n)
-            ids = np.searchsorted(cdf, rng.random(int(lengths.sum())), side='right')
-            np.minimum(ids, VOCABULARY - 1, out=ids)
-            bounds = np.concatenate([[0], np.cumsum(lengths)])
-            for i in range(start, start + n):
-                for pos, word in inject.get(i, ()):
-                    ids[bounds[i - start] + pos] = word
-            words = [vocab[i] for i in ids.tolist()]
-            lines = [' '.join(words[bounds[j]:bounds[j + 1]]) + '\n' for j in range(n)]
-            data = ''.join(lines).encode('ascii')
-            sizes = np.fromiter((len(line) for line in lines), dtype=np.int64, count=n)
-            starts = offset + np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            starts.astype('<u8').tofile(offsets)
-            text.write(data)
-            offset += len(data)
-        np.asarray([offset], dtype='<u8').tofile(offsets)
-    with open(folder / 'topics.tsv', 'w', encoding='utf-8') as f:
-        f.write('qid\tquery\n')
-        for q, words in enumerate(plan):
-            f.write(f'{q}\t{" ".join(vocab[w] for w in words)}\n')
-    with open(folder / 'qrels.tsv', 'w', encoding='utf-8') as f:
-        f.write('qid\tdocno\tlabel\n')
-        for q in range(queries):
-            f.write(f'{q}\t{int(targets[q])}\t2\n{q}\t{int(targets[queries + q])}\t1\n')
+    def teacher_target(self) -> Path:
+        """Where the teacher of these parameters lies once built (keyed by the teacher parameters and the dataset)."""
+        t = self.params['teacher']
+        key = _hash({'teacher': t, 'dataset': self.fingerprint(), 'converter': 1})
+        return self.folder / f'teacher-{key}'
 
 
 def synthetic_dataset(spec: Dict[str, Any]) -> SyntheticDataset:
