@@ -7,9 +7,11 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Type
 
 import torch
+
+from .._registry import Registry
 
 __all__ = ['Pooling', 'ClsPooling', 'MeanPooling', 'LastTokenPooling', 'SegmentProductPooling', 'POOLINGS',
            'get_pooling', 'last_token_index']
@@ -114,15 +116,16 @@ def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.to(torch.int64).argmax(1)
 
 
-POOLINGS: Dict[str, Type[Pooling]] = {cls.name: cls for cls in (ClsPooling, MeanPooling, LastTokenPooling,
-                                                                   SegmentProductPooling)}
+#: pooling name -> :class:`Pooling` class (``@POOLINGS.register('name')`` adds one)
+POOLINGS: Registry[Type[Pooling]] = Registry('pooling')
+for _cls in (ClsPooling, MeanPooling, LastTokenPooling, SegmentProductPooling):
+    POOLINGS.register(_cls.name, _cls)
+del _cls
 
 
 def get_pooling(name) -> Pooling:
-    """Look up a pooling by registry name (or pass a :class:`Pooling` through)."""
+    """Look up a pooling by registry name (or pass a :class:`Pooling` through); an unknown name raises the registry's
+    one-line :class:`~pyterrier_knowacq.KnowacqError` (a ``ValueError``) naming the choices and the closest one."""
     if isinstance(name, Pooling):
         return name
-    try:
-        return POOLINGS[str(name).lower()]()
-    except KeyError:
-        raise ValueError(f'unknown pooling {name!r}; choose one of {sorted(POOLINGS)}') from None
+    return POOLINGS.get_entry(str(name).lower())()
