@@ -63,7 +63,11 @@ def _tiny(name: str) -> str:
 def _dry(config: Dict) -> Dict:
     """Every model swapped for tiny-bert / tiny-llama, a few examples, short probes and IG."""
     config = copy.deepcopy(config)
-    for spec in (config.get('probe_data') or {}).values():
+    # an entry's own `dry_run:` names the offline stand-in of its data (an irds: collection cannot be read offline)
+    config['probe_data'] = {name: dict(spec.get('dry_run') or spec) for name, spec in (config.get('probe_data') or {}).items()}
+    if isinstance(config.get('train'), dict) and config['train'].get('dry_run'):
+        config['train'] = dict(config['train']['dry_run'])
+    for spec in config['probe_data'].values():
         if 'dpr_json' not in spec:
             spec['max_queries'] = 9
         spec['max_per_query'] = 3

@@ -135,14 +135,20 @@ def build_probe_set(groups: Sequence[Tuple[str, str, Sequence[str], Sequence[str
                     info={'dropped_queries_few_negatives': len(short), **(info or {})})
 
 
-def _negative_pool(dataset, split: str, qids: Sequence[str], how: str, depth: int, texts: Dict[str, str],
-                   qrels: pd.DataFrame, topics: pd.DataFrame, seed: int) -> Dict[str, List[str]]:
+def _negative_pool(dataset, split: str, qids: Sequence[str], how: str, depth: int, qrels: pd.DataFrame,
+                   topics: pd.DataFrame, seed: int) -> Dict[str, List[str]]:
+    """The candidate negative docnos of each query (texts are looked up later, in one batch)."""
     judged = {q: set(g.docno) for q, g in qrels.groupby('qid')}
     if how == 'judged':
         return {}
     if how == 'random':
+        # the one source that needs the corpus listed: refused by irds: datasets (too large to list)
+        known = dataset.known_docnos()
+        if known is None:
+            raise KnowacqError(f'negatives: random needs a corpus that can be listed; {dataset.name} is too large — '
+                               'use negatives: judged or bm25')
+        docnos = list(known)
         rng = np.random.default_rng([seed, 31337])
-        docnos = list(texts)
         return {q: [docnos[i] for i in rng.choice(len(docnos), min(depth, len(docnos)), replace=False)
                     if docnos[i] not in judged.get(q, ())] for q in qids}
     if how == 'bm25':
@@ -154,8 +160,15 @@ def _negative_pool(dataset, split: str, qids: Sequence[str], how: str, depth: in
         raise KnowacqError(f'unknown negatives source {how!r}; use judged, bm25, run:NAME, random or auto')
     run = run.sort_values(['qid', 'rank'] if 'rank' in run.columns else ['qid', 'score'],
                           ascending=[True, 'rank' in run.columns])
-    return {q: [d for d in g.docno.astype(str)[:depth] if d not in judged.get(q, ()) and d in texts]
+    return {q: [d for d in g.docno.astype(str)[:depth] if d not in judged.get(q, ())]
             for q, g in run.groupby('qid')}
+
+
+def _texts_of(ds, docnos) -> Dict[str, str]:
+    """Texts of just these docnos, in one batched look-up (an ``irds:`` docstore is never listed whole); docnos the
+    corpus lacks are left out (a judged passage outside a shipped slice)."""
+    docnos = sorted(set(docnos))
+    return {d: t for d, t in zip(docnos, ds.find_texts(docnos)) if t is not None}
 
 
 def probe_set_from_dataset(dataset, split=None, *, n_max: int = 5, negatives: str = 'auto',
@@ -164,16 +177,17 @@ def probe_set_from_dataset(dataset, split=None, *, n_max: int = 5, negatives: st
     """Probe examples from a dataset's qrels (see the module docstring for ``negatives``).
 
     ``split`` may be a list (e.g. ``['dl19', 'dl20']``): the splits' queries are pooled before the query split.
+    Only the texts of the judged and candidate passages are read, so an ``irds:`` corpus of millions is fine.
     """
     from ..datasets.core import get_dataset
     ds = get_dataset(dataset)
     splits = list(split) if isinstance(split, (list, tuple)) else [split]
-    texts = {d['docno']: d['text'] for d in ds.get_corpus_iter()}
     groups, used = [], set()
     for sp in splits:
         topics = ds.get_topics(sp).astype({'qid': str})
         qrels = ds.get_qrels(sp).astype({'qid': str, 'docno': str})
-        qrels = qrels[qrels.docno.isin(texts) & qrels.qid.isin(set(topics.qid))]
+        known = ds.known_docnos()   # None for irds: (too large to list; every docno is then assumed known)
+        qrels = qrels[qrels.qid.isin(set(topics.qid)) & (qrels.docno.isin(set(known)) if known is not None else True)]
         qtext = dict(zip(topics.qid, topics['query']))
         qids = sorted(set(qrels[qrels.label >= rel_min].qid) - used)
         used.update(qids)
@@ -184,11 +198,17 @@ def probe_set_from_dataset(dataset, split=None, *, n_max: int = 5, negatives: st
         if how == 'auto':
             n_judged = qrels[qrels.label <= 0].groupby('qid').size()
             how = 'judged' if (n_judged >= n_max - 1).sum() >= max(3, len(qids) // 2) else 'bm25'
-        extra = _negative_pool(ds, sp, qids, how, depth, texts, qrels, topics, seed)
+        extra = _negative_pool(ds, sp, qids, how, depth, qrels, topics, seed)
+        qrels = qrels[qrels.qid.isin(set(qids))]
+        wanted = qrels[(qrels.label >= rel_min) | ((qrels.label <= 0) & (how == 'judged'))].docno
+        texts = _texts_of(ds, list(wanted) + [d for docnos in extra.values() for d in docnos])
         for q in qids:
             g = qrels[qrels.qid == q]
-            pos = [texts[d] for d in g[g.label >= rel_min].docno]
-            neg = [texts[d] for d in g[g.label <= 0].docno] if how == 'judged' else [texts[d] for d in extra.get(q, [])]
+            pos = [texts[d] for d in g[g.label >= rel_min].docno if d in texts]
+            if how == 'judged':
+                neg = [texts[d] for d in g[g.label <= 0].docno if d in texts]
+            else:
+                neg = [texts[d] for d in extra.get(q, []) if d in texts]
             groups.append((q, qtext[q], pos, neg))
     info = {'source': f'{getattr(ds, "name", dataset)}:{"+".join(str(s) for s in splits)}', 'negatives': how, 'rel_min': rel_min}
     return build_probe_set(groups, n_max=n_max, seed=seed, info=info, **kwargs)
@@ -217,8 +237,11 @@ def probe_set_from_dpr_json(path, *, n_max: int = 5, seed: int = 42, use_hard_ne
 
 
 def load_probe_set(spec: Dict, *, seed: int, n_max: int) -> ProbeSet:
-    """A probe set from a YAML ``probe_data`` entry: ``{dataset, split, negatives, rel_min, ...}`` or ``{dpr_json: path}``."""
+    """A probe set from a YAML ``probe_data`` entry: ``{dataset, split, negatives, rel_min, ...}`` or ``{dpr_json: path}``,
+    optionally with ``dry_run: {...}``, the entry a ``--dry-run`` reads instead (e.g. the shipped NQ sample in place of
+    ``irds:dpr-w100/natural-questions/dev``)."""
     spec = dict(spec)
+    spec.pop('dry_run', None)   # the offline stand-in a dry run reads instead (analysis.pipeline)
     kw = {k: spec.pop(k) for k in ('max_per_query', 'test_frac', 'val_frac', 'min_examples') if k in spec}
     if 'dpr_json' in spec:
         p = spec.pop('dpr_json')
