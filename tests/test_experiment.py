@@ -207,6 +207,42 @@ def test_out_of_domain_fold_reuses_the_trained_models(tmp_path, monkeypatch):
     assert 'scifact-test' in (tmp_path / 'site' / 'index.html').read_text()
 
 
+TRAIN_ELSEWHERE = """
+name: train-elsewhere
+dataset: msmarco-passage
+folds:
+  - {train: scifact, test: dl19}
+  - {train: dl19, test: dl20}
+models:
+  tiny-ft: {kind: bi-encoder, backbone: tiny-bert, pooling: mean, steps: 2, queries_per_batch: 2, negatives: 1,
+            data: {max_queries: 4}}
+systems:
+  BM25: run(name=bm25)
+baseline: BM25
+measures: [nDCG@10]
+"""
+
+
+def test_meta_records_the_dataset_trained_on(tmp_path, monkeypatch):
+    """``train:`` may name another dataset than the experiment's: meta.json's ``train_dataset`` is the dataset the
+    models were really trained on (SciFact here), not the experiment's (MS MARCO)."""
+    from pyterrier_knowacq.training import dense
+    trained_on = []
+
+    def fake(spec, **kwargs):   # records what it is given; the systems do not load the model
+        trained_on.append((kwargs['dataset'].id, kwargs['train_split']))
+        folder = tmp_path / 'model' / str(len(trained_on))
+        folder.mkdir(parents=True)
+        return str(folder)
+    monkeypatch.setattr(dense, 'train_biencoder', fake)
+    out = run_experiment(_write(tmp_path, TRAIN_ELSEWHERE), output=tmp_path / 'res', limit_topics=2)
+    assert trained_on == [('scifact', None), ('msmarco-passage', 'dl19')]
+    meta = json.loads((out / 'meta.json').read_text())
+    recorded = {c['name']: (c['dataset'], c['train'], c['train_dataset']) for c in meta['collections']}
+    assert recorded == {'dl19': ('msmarco-passage', 'scifact', 'scifact'),
+                        'dl20': ('msmarco-passage', 'dl19', 'msmarco-passage')}
+
+
 @pytest.mark.parametrize('change,match', [
     (('test_dataset: scifact', 'test_datset: scifact'), "fold 2: unknown key 'test_datset'.*did you mean 'test_dataset'"),
     (('collections: [scifact-test]', 'colections: [scifact-test]'), "unknown key 'colections'.*did you mean 'collections'"),

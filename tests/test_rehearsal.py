@@ -36,7 +36,7 @@ def accept_processes(monkeypatch):
     """What the preflight does once it checks a dataset's ``generated_runs`` by name, without reading them (reading the
     synthetic teacher would build the whole collection); a no-op after that. (It already drops the runner's own
     ``processes`` key before a spec's validator.)"""
-    from pyterrier_knowacq.experiments import preflight
+    from pyterrier_knowacq.experiments.preflight import checks as preflight
     run_ref = preflight._Pass.run_ref
 
     def checked_run_ref(self, name, dataset, *args, **kwargs):

@@ -20,6 +20,7 @@ import pyterrier as pt
 
 from .._util import KnowacqError
 from ..datasets.core import Dataset
+from . import dry_run as dry_rules   # what a dry run substitutes
 from .expressions import StageSpec
 
 __all__ = ['StageContext', 'STAGES', 'register_stage', 'check_stage', 'build_stage', 'build_pipeline']
@@ -37,16 +38,24 @@ class StageContext:
     dry_run: bool = False
 
     def model(self, name: str) -> str:
-        """A trained model of this fold by its ``models:`` name, else the name itself (alias, folder, hub id)."""
+        """A trained model of this fold by its ``models:`` name, else the name itself (alias, folder, hub id); a dry
+        run's stand-in for it (:func:`.dry_run.stage_model`)."""
         name = str(name)
         if name in self.models:
             return self.models[name]
         if self.dry_run:
-            from ..models.backbones import ALIASES
-            if name not in ALIASES or name in ('minilm-l6', 'smollm2-135m'):
-                decoder = any(k in name.lower() for k in ('llama', 'smol', 'mistral', 'qwen', 'gpt'))
-                return 'tiny-llama' if decoder else 'tiny-bert'
+            return dry_rules.stage_model(name)
         return name
+
+    def colbert_model(self, name: str) -> str:
+        """The checkpoint a ColBERT stage uses: a trained model of this fold, a folder or a hub id; dry runs get a tiny
+        ColBERT (:func:`.dry_run.colbert_checkpoint`)."""
+        name = self.model(name)
+        return dry_rules.colbert_checkpoint(name) if self.dry_run else str(name)
+
+    def index_max_docs(self) -> Optional[int]:
+        """The documents an end-to-end index of this run covers (all, or a dry run's first few)."""
+        return dry_rules.index_max_docs(self.dry_run)
 
 
 STAGES: Dict[str, Callable] = {}
@@ -133,10 +142,14 @@ def _ce(ctx, model: str, batch_size: int = 32, max_length: int = 512):
 
 
 @register_stage('biencoder')
-def _biencoder(ctx, model: str, pooling: Optional[str] = None, batch_size: int = 32, max_length: int = 256):
-    """Bi-encoder re-ranking (``bm25 >> text >> biencoder(model=minilm-l6)``)."""
+def _biencoder(ctx, model: str, pooling: Optional[str] = None, batch_size: int = 32, max_length: int = 256,
+               query_prefix: Optional[str] = None, doc_prefix: Optional[str] = None):
+    """Bi-encoder re-ranking (``bm25 >> text >> biencoder(model=minilm-l6)``); ``query_prefix``/``doc_prefix`` are put
+    before the texts (RepLLaMA: ``query_prefix="query: ", doc_prefix="passage: "``)."""
     from ..models.biencoder import BiEncoder
-    return BiEncoder.from_pretrained(ctx.model(model), pooling=pooling, batch_size=batch_size, max_length=max_length).scorer()
+    prefixes = {k: v for k, v in (('query_prefix', query_prefix), ('doc_prefix', doc_prefix)) if v is not None}
+    return BiEncoder.from_pretrained(ctx.model(model), pooling=pooling, batch_size=batch_size, max_length=max_length,
+                                     **prefixes).scorer()
 
 
 @register_stage('dense')
@@ -150,8 +163,8 @@ def _dense(ctx, model: str, pooling: Optional[str] = None, k: int = 1000, batch_
 def _colbert(ctx, model: str = 'colbert-ir/colbertv2.0', batch_size: int = 32, doc_maxlen: Optional[int] = None,
              query_maxlen: Optional[int] = None, backend: str = 'native'):
     """``text >> colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id."""
-    from ..models.colbert import ColBERT, _stage_model
-    return ColBERT(_stage_model(ctx, model), batch_size=batch_size, doc_maxlen=doc_maxlen,
+    from ..models.colbert import ColBERT
+    return ColBERT(ctx.colbert_model(model), batch_size=batch_size, doc_maxlen=doc_maxlen,
                    query_maxlen=query_maxlen, backend=backend)
 
 
@@ -159,8 +172,6 @@ def _colbert(ctx, model: str = 'colbert-ir/colbertv2.0', batch_size: int = 32, d
 def _colbert_retrieve(ctx, model: str = 'colbert-ir/colbertv2.0', k: int = 1000, ncandidates: int = 256,
                       nprobe: int = 32, batch_size: int = 32):
     """End-to-end ColBERT retrieval over the dataset's corpus (the token index is built once and cached)."""
-    from ..models.colbert import _stage_model
     from ..models.colbert_index import cached_index
-    index = cached_index(ctx.dataset, _stage_model(ctx, model), batch_size=batch_size,
-                         max_docs=2000 if getattr(ctx, 'dry_run', False) else None)
+    index = cached_index(ctx.dataset, ctx.colbert_model(model), batch_size=batch_size, max_docs=ctx.index_max_docs())
     return index.retriever(num_results=k, ncandidates=ncandidates, nprobe=nprobe)

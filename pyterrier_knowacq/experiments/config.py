@@ -21,6 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .._util import KnowacqError
 from ..datasets.core import Dataset, get_dataset
+from ..results import slug as _results_slug
+from .dry_run import apply_dry_run  # noqa: F401  (re-exported: what a dry run substitutes lives in dry_run.py)
+from ..training.registry import TRAINERS
 from .expressions import parse_pipeline
 from .components import check_stage
 
@@ -49,15 +52,13 @@ SYSTEM_KEYS = {
     'pipeline': 'pipeline expression', 'tags': 'tags shown on the leaderboard',
     'collections': 'evaluate only on these test collections (result folder names, e.g. [dl19, scifact-test])',
 }
-MODEL_TRAINERS = {
-    'cross-encoder': ('pyterrier_knowacq.training.stages', 'train_model'),
-    'bi-encoder': ('pyterrier_knowacq.training.dense', 'train_biencoder'),
-    'colbert': ('pyterrier_knowacq.training.colbert', 'train_colbert'),
-}
+#: model kind -> its training entry point: the training layer's registry (``training.registry.TRAINERS``)
+MODEL_TRAINERS = TRAINERS
 
 
 def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text)).strip('-').lower() or 'system'
+    """A name as a file name (a system's run, a results folder): the result folder format's rule."""
+    return _results_slug(text)
 
 
 def load_config(path) -> Dict[str, Any]:
@@ -145,16 +146,6 @@ def locate_problem(path, node, error, source: Optional[str] = None) -> KnowacqEr
     return file_error(path, line, message)
 
 
-def apply_dry_run(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The experiment a ``--dry-run`` runs: the ``dry_run:`` block's keys replace the file's, the name gains
-    ``-dry-run`` (models are swapped for tiny ones by the runner and the trainers)."""
-    overrides = config.get('dry_run') or {}
-    overrides = overrides if isinstance(overrides, dict) else {}
-    config = {**config, **{k: v for k, v in overrides.items() if k in KEYS}}
-    config['name'] = f'{config.get("name", "experiment")}-dry-run'
-    return config
-
-
 def check_config(config, source: str = '<config>') -> Dict[str, Any]:
     """Check a parsed experiment mapping (keys, folds, systems, models, stages, measures) and return it.
 
@@ -209,7 +200,8 @@ def config_problems(config, source: str = '<config>') -> List[KnowacqError]:
     for name, spec in (config.get('models') or {}).items() if isinstance(config.get('models'), dict) else ():
         kind = (spec or {}).get('kind', 'cross-encoder') if isinstance(spec, dict) else None
         if kind not in MODEL_TRAINERS:
-            problems.append(KnowacqError(f'{source}: model {name!r} has kind {kind!r}; choose one of {list(MODEL_TRAINERS)}'))
+            problems.append(KnowacqError(f'{source}: model {name!r} has kind {kind!r}{MODEL_TRAINERS.suggestion(str(kind))}; '
+                                         f'choose one of {list(MODEL_TRAINERS)}'))
     for name, expr in config['systems'].items():
         expr = expr.get('pipeline') if isinstance(expr, dict) else expr
         if not isinstance(expr, str):

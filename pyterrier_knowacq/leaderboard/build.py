@@ -25,36 +25,29 @@ Example::
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from .._util import KnowacqError, atomic_directory
-from .data import (REPO_ROOT, FolderProblem, fingerprint, kept_files, public_json, public_text,
-                               read_experiment, read_meta, short_hash, slugify, smoke_reason)
+from .data import FolderProblem, public_json, public_text, read_experiment, smoke_reason
 from .model import build_systems, build_tables, studies, tag_values
 from .render import (PERQUERY_HEADER, assets_dir, claims_csv, csv_text, difference_chart, environment,
                                  json_clean, overview_csv, perquery_rows, public_system, public_table, scatter_chart,
                                  systems_csv, table_script)
+# the kept copies of the results folders, and archives of them: their names stay importable from here
+from .pack import PACK_PATTERNS, _tar_info, pack_results  # noqa: F401
+from .sources import (ARCHIVE_SUFFIXES, TEXT_SUFFIXES, _add_sources, _copy_kept, _copy_public,  # noqa: F401
+                      _copy_tree, _extract, _key, _label, _origin_key, _results_folder)
 
 SITE_FORMAT = 'pyterrier_knowacq.leaderboard.build/1'
 MANIFEST = 'manifest.json'
-ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz')
-# the text files of a kept copy that are scrubbed of absolute paths and host names before they are published
-TEXT_SUFFIXES = ('.json', '.yaml', '.yml', '.md', '.csv', '.tsv', '.jsonl', '.txt')   # not .svg: base64 images hold '/'
-# what an archive of the shipped site keeps: the files the pages show (no run files: they are not shown)
-PACK_PATTERNS = ('meta.json', 'config.yaml', 'report.json', 'report.md', 'plots/*.svg', 'plots/*.png',
-                 'tables/*.csv', '*/aggregated.csv', '*/perquery.csv', '*/topics.jsonl', '*/topics.tsv')
 
 
 class LeaderboardWarning(UserWarning):
@@ -87,138 +80,6 @@ def _load_manifest(out: Path) -> Optional[Dict]:
         s.pop('added', None)
         s.pop('updated', None)
     return data
-
-
-def _key(path: str) -> str:
-    """What identifies a results folder's location across builds without publishing it: a hash of its path."""
-    return hashlib.sha256(str(path).encode('utf-8')).hexdigest()[:16]
-
-
-def _label(path: Path) -> str:
-    """How pages name a results folder: its path relative to the repository or the working directory when inside
-    one of them, else its name (never an absolute path)."""
-    for root in (REPO_ROOT, Path.cwd()):
-        try:
-            rel = path.resolve().relative_to(root.resolve())
-            if str(rel) != '.':
-                return rel.as_posix()
-        except (ValueError, OSError):
-            pass
-    return path.name or 'results'
-
-
-def _origin_key(path: Path) -> str:
-    """The key of a folder's location: its path inside the repository (the same on every checkout, so that the
-    published site is the same everywhere), else its absolute path; only a hash of it is kept."""
-    try:
-        return _key('repo:' + path.resolve().relative_to(REPO_ROOT.resolve()).as_posix())
-    except ValueError:
-        return _key(str(path.resolve()))
-
-
-def _copy_public(src: Path, dst: Path, rel: Path) -> None:
-    """Copy one kept file; text files lose absolute paths and host names on the way (:func:`public_text`)."""
-    (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-    if rel.suffix.lower() in TEXT_SUFFIXES:
-        text = (src / rel).read_text(encoding='utf-8', errors='surrogateescape')
-        (dst / rel).write_text(public_text(text), encoding='utf-8', errors='surrogateescape')
-    else:
-        shutil.copyfile(src / rel, dst / rel)
-
-
-def _copy_kept(src: Path, dst: Path) -> None:
-    for rel in kept_files(src):
-        _copy_public(src, dst, rel)
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    for path in sorted(src.rglob('*')):
-        if path.is_file():
-            _copy_public(src, dst, path.relative_to(src))
-
-
-def _results_folder(root: Path) -> Path:
-    """The results folder inside an extracted archive: the folder holding meta.json (the top or its only child)."""
-    if (root / 'meta.json').is_file():
-        return root
-    children = [p for p in root.iterdir() if p.is_dir()]
-    if len(children) == 1 and (children[0] / 'meta.json').is_file():
-        return children[0]
-    return children[0] if len(children) == 1 else root
-
-
-def _extract(archive: Path, into: Path) -> Path:
-    """Extract a ``.tar.gz`` of a results folder (plain files and folders only, nothing outside ``into``)."""
-    into.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(archive, 'r:gz') as tar:
-            members = []
-            for m in tar.getmembers():
-                name = Path(m.name)
-                if name.is_absolute() or '..' in name.parts or not (m.isfile() or m.isdir()):
-                    raise FolderProblem(f'archive {archive} holds {m.name!r}, which is not a plain file inside it; '
-                                        'it is left out (pack results folders with `knowacq leaderboard --pack`)')
-                members.append(m)
-            for m in members:
-                target = into / m.name
-                if m.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as f, open(target, 'wb') as g:
-                    shutil.copyfileobj(f, g)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise FolderProblem(f'archive {archive} cannot be read ({e}); it is left out') from e
-    return _results_folder(into)
-
-
-def _add_sources(results: Iterable[Path], sources: List[Dict], tmp: Path, problems: List[str], out: Path,
-                 include_smoke: bool, scratch: Path) -> None:
-    """Copy each new or changed results folder into ``tmp/sources``; update ``sources`` in place."""
-    for k, given in enumerate(results):
-        origin_key, label = _origin_key(given), _label(given)
-        folder = given
-        if given.resolve() == out.resolve():
-            problems.append(f'{given} is the site folder itself, not a results folder; it is left out')
-            continue
-        try:
-            if given.is_file() and given.name.endswith(ARCHIVE_SUFFIXES):
-                folder = _extract(given, scratch / f'a{k}')
-            meta = read_meta(folder)
-            fp = fingerprint(folder)
-        except FolderProblem as e:
-            kept = [s for s in sources if s.get('origin_key') == origin_key]
-            problems.append(str(e).replace(str(folder), str(given)) + ('; the site keeps its earlier copy' if kept else ''))
-            continue
-        except OSError as e:
-            problems.append(f'results folder {given} cannot be read ({e}); it is left out')
-            continue
-        reason = smoke_reason(meta)
-        if reason and not include_smoke:
-            problems.append(f'results folder {given} is a smoke test ({reason}), not a result: it is left out '
-                            '(pass --include-smoke to show it)')
-            continue
-        same_origin = next((s for s in sources if s.get('origin_key') == origin_key), None)
-        if same_origin and same_origin['fingerprint'] == fp:
-            same_origin['_origin'] = str(given.resolve())
-            continue
-        twin = next((s for s in sources if s['fingerprint'] == fp), None)
-        if twin and not same_origin:
-            problems.append(f'results folder {given} is identical to {twin.get("label")}, already in the site as '
-                            f'{twin["id"]!r}; it is not added twice')
-            continue
-        if same_origin:
-            sid = same_origin['id']
-            shutil.rmtree(tmp / 'sources' / sid, ignore_errors=True)
-            same_origin.update(fingerprint=fp, experiment=meta['experiment'], created=meta.get('created'), label=label,
-                               _origin=str(given.resolve()))
-        else:
-            sid = f'{slugify(meta["experiment"])}-{fp[:6]}'
-            while any(s['id'] == sid for s in sources):
-                sid = f'{sid}-{short_hash(sid + origin_key)}'
-            sources.append({'id': sid, 'label': label, 'origin_key': origin_key, 'experiment': meta['experiment'],
-                            'fingerprint': fp, 'created': meta.get('created'), '_origin': str(given.resolve())})
-        _copy_kept(folder, tmp / 'sources' / sid)
 
 
 def _generated(experiments) -> str:
@@ -367,47 +228,6 @@ def shipped_site_folder() -> Path:
 def build_shipped(out: Optional[Union[str, Path]] = None, include_smoke: bool = False) -> Path:
     """Rebuild the repository's published site from ``leaderboard/results/*.tar.gz`` from scratch (deterministic)."""
     return build_site(shipped_inputs(), out or shipped_site_folder(), include_smoke=include_smoke, fresh=True)
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ''
-    return info
-
-
-def pack_results(folder: Union[str, Path], dest: Union[str, Path], name: Optional[str] = None) -> Path:
-    """Write ``dest/<name>.tar.gz`` (default name: the experiment's slug) holding the files of ``folder`` that the site
-    shows (:data:`PACK_PATTERNS`: one format per plot, SVG first; no run files), text files scrubbed of absolute paths
-    and host names; byte-for-byte the same for the same folder. Returns the archive's path."""
-    folder = Path(folder)
-    try:
-        meta = read_meta(folder)
-    except FolderProblem as e:
-        raise KnowacqError(str(e)) from e
-    name = name or slugify(meta['experiment'])
-    files = set()
-    for pattern in PACK_PATTERNS:
-        files.update(p.relative_to(folder) for p in folder.glob(pattern) if p.is_file())
-    svg_stems = {p.stem for p in files if p.parent.as_posix() == 'plots' and p.suffix == '.svg'}
-    files = sorted((p for p in files if not (p.parent.as_posix() == 'plots' and p.suffix == '.png'
-                                             and p.stem in svg_stems)), key=lambda p: p.as_posix())
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / f'{name}.tar.gz'
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode='w', format=tarfile.PAX_FORMAT) as tar:
-        for rel in files:
-            data = (folder / rel).read_bytes()
-            if rel.suffix.lower() in TEXT_SUFFIXES:
-                data = public_text(data.decode('utf-8', errors='surrogateescape')).encode('utf-8', errors='surrogateescape')
-            tar.addfile(_tar_info(f'{name}/{rel.as_posix()}', len(data)), io.BytesIO(data))
-    tmp = target.with_name(target.name + '.partial')
-    with open(tmp, 'wb') as f, gzip.GzipFile(filename='', mode='wb', fileobj=f, mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    os.replace(tmp, target)
-    return target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import math
 import re
 import shlex
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .. import results
 from .._util import KnowacqError
 
 __all__ = ['verify', 'select_systems', 'VerifyReport', 'DEFAULT_TOLERANCE', 'DEFAULT_MAX_SECONDS']
@@ -88,15 +88,10 @@ def _num(value, spec: str = '.4f') -> str:
 
 
 def _read_meta(folder: Path) -> Dict:
-    meta_file = folder / 'meta.json'
-    if not meta_file.is_file():
-        raise KnowacqError(f'{folder} is not a results folder (no meta.json); give a folder written by `knowacq run`')
-    try:
-        meta = json.loads(meta_file.read_text(encoding='utf-8'))
-    except ValueError as e:
-        raise KnowacqError(f'{meta_file} is not valid JSON ({e}); re-run `knowacq run` for it') from e
-    if not isinstance(meta, dict) or not isinstance(meta.get('config'), dict):
-        raise KnowacqError(f'{meta_file} holds no experiment configuration ("config"), so its systems cannot be re-run')
+    meta = results.read_meta(folder)   # no meta.json, not JSON: raises
+    if not isinstance(meta.get('config'), dict):
+        raise KnowacqError(f'{results.meta_path(folder)} holds no experiment configuration ("config"), so its systems '
+                           'cannot be re-run')
     return meta
 
 
@@ -195,15 +190,15 @@ def _float(value) -> Optional[float]:
 def compare(stored_folder: Path, new_folder: Path, meta: Dict, names: Sequence[str], tolerance: float) -> Tuple[List[Dict], List[str]]:
     """Compare each measure of the re-run with the stored aggregated.csv; returns the rows and notes."""
     rows, notes = [], []
-    new_meta = json.loads((new_folder / 'meta.json').read_text(encoding='utf-8'))
+    new_meta = results.read_meta(new_folder)
     new_colls = {c['name']: c for c in new_meta.get('collections') or []}
     for coll in meta.get('collections') or []:
         cname = coll.get('name')
-        stored_file = stored_folder / str(cname) / 'aggregated.csv'
+        stored_file = results.aggregated_path(stored_folder, str(cname))
         if not stored_file.is_file():
             continue
         stored = _values(stored_file)
-        new_file = new_folder / str(cname) / 'aggregated.csv'
+        new_file = results.aggregated_path(new_folder, str(cname))
         new = _values(new_file) if new_file.is_file() else {}
         measures = [str(m) for m in coll.get('measures') or meta.get('measures') or []]
         other = new_colls.get(cname, {})
@@ -215,7 +210,7 @@ def compare(stored_folder: Path, new_folder: Path, meta: Dict, names: Sequence[s
         for name in names:
             if name not in stored:
                 continue
-            for m in measures or [c for c in stored[name] if not c.endswith((' +', ' -', ' p-value', ' reject', ' p-value corrected'))]:
+            for m in measures or [c for c in stored[name] if not c.endswith(results.SIG_SUFFIXES)]:
                 a = _float(stored[name].get(m))
                 b = _float(new.get(name, {}).get(m)) if name in new else None
                 if a is None:
@@ -275,7 +270,7 @@ def verify(folder, systems: Optional[Sequence[str]] = None, every: bool = False,
                        command='knowacq verify ' + ' '.join(shlex.quote(x) for x in [str(folder)] + [
                            f'--system={n}' for n in selected]))
         report.seconds['rerun'] = round(time.time() - started, 2)
-        new_meta = json.loads((out / 'meta.json').read_text(encoding='utf-8'))
+        new_meta = results.read_meta(out)
         for cname, times in (new_meta.get('timings') or {}).items():
             for name, secs in (times or {}).items():
                 then = ((meta.get('timings') or {}).get(cname) or {}).get(name)

@@ -1,7 +1,7 @@
 """``knowacq report``: each study claim, the paper's figure, ours, the p-value and a verdict, from result folders.
 
-Reads result folders only (never model code). Study-specific claims live in ``report_<study>.py`` modules that
-expose ``claims(folder) -> list[dict]`` with keys ``study, id, claim, paper, ours, p_value, verdict, detail`` and the
+Reads result folders only (never model code), through :mod:`pyterrier_knowacq.results`. Study-specific claims live
+in ``reports/<study>.py`` modules (:mod:`.multistage`, :mod:`.knowacq`) that expose ``claims(folder) -> list[dict]`` with keys ``study, id, claim, paper, ours, p_value, verdict, detail`` and the
 statistics of :func:`pyterrier_knowacq.analysis.stats.claim_fields`: ``kind`` (equivalence | greater | less),
 ``diff, ci_low, ci_high`` (mean paired difference a - b and its 95% interval), ``margin`` (of the equivalence test),
 ``mde`` (minimum detectable effect at 80% power), ``underpowered``, ``test``, ``p_tost``, ``n``, ``paper_diff``,
@@ -11,29 +11,37 @@ statistics of :func:`pyterrier_knowacq.analysis.stats.claim_fields`: ``kind`` (e
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
-from typing import Dict, List
+from types import ModuleType
+from typing import Dict, List, Optional
 
-from .._util import KnowacqError, atomic_write_json, atomic_write_text
+from .. import results
+from .._util import atomic_write_json, atomic_write_text
 from ..analysis import stats
 
 COLUMNS = ['claim', 'paper', 'ours', 'diff [95% CI]', 'margin', 'MDE (80%)', 'p_value', 'verdict']
 
 
 def read_meta(folder) -> Dict:
-    meta_file = Path(folder) / 'meta.json'
-    if not meta_file.exists():
-        raise KnowacqError(f'{folder} is not a results folder (no meta.json); give a folder written by `knowacq run`')
-    return json.loads(meta_file.read_text())
+    return results.read_meta(folder)
+
+
+def _study_module(study) -> Optional[ModuleType]:
+    """The ``reports/<study>.py`` module of a study's claims, or None (a study without claims, e.g. ``spine``)."""
+    study = str(study)
+    if not study.isidentifier() or study == 'dispatch':
+        return None
+    try:
+        module = importlib.import_module(f'{__package__}.{study}')
+    except ImportError:
+        return None
+    return module if callable(getattr(module, 'claims', None)) else None
 
 
 def study_claims(folder) -> List[Dict]:
     meta = read_meta(folder)
-    study = meta.get('study', 'spine')
-    try:
-        module = importlib.import_module(f'pyterrier_knowacq.report_{study}')
-    except ImportError:
+    module = _study_module(meta.get('study', 'spine'))
+    if module is None:
         return []
     return list(module.claims(folder))
 
@@ -68,11 +76,8 @@ def markdown(claims: List[Dict]) -> str:
 
 def _seed_section(folder, meta) -> str:
     """The study's seed-variance table (mean ± sd per seed) when the experiment ran several seeds."""
-    try:
-        module = importlib.import_module(f'pyterrier_knowacq.report_{meta.get("study", "spine")}')
-    except ImportError:
-        return ''
-    fn = getattr(module, 'seed_markdown', None)
+    module = _study_module(meta.get('study', 'spine'))
+    fn = getattr(module, 'seed_markdown', None) if module is not None else None
     section = fn(folder) if fn is not None and meta.get('seeds') else ''
     return '\n' + section + '\n' if section else ''
 
@@ -94,7 +99,7 @@ def write_report(folders) -> str:
             text += '\n' + method + '\n'
         text += _seed_section(folder, meta)
         if claims:
-            atomic_write_json(Path(folder) / 'report.json', {'claims': claims, 'method': method})
-            atomic_write_text(Path(folder) / 'report.md', text)
+            atomic_write_json(Path(folder) / results.REPORT_JSON, {'claims': claims, 'method': method})
+            atomic_write_text(Path(folder) / results.REPORT_MD, text)
         parts.append(text)
     return '\n'.join(parts)

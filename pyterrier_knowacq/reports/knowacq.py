@@ -32,13 +32,13 @@ Example::
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
+from .. import results
 from .._util import KnowacqError
 from ..analysis import stats
 
@@ -166,16 +166,15 @@ def _probe_claim(acc, probe_stats, key, cid, claim, pooling, models, kind, setti
 def claims(folder) -> List[Dict]:
     """The study's claims with our figures, p-values, differences with intervals, MDEs and verdicts."""
     folder = Path(folder)
-    table = folder / 'tables' / 'probe_accuracy.csv'
+    table = folder / results.TABLES / 'probe_accuracy.csv'
     if not table.exists():
         raise KnowacqError(f'{folder} has no tables/probe_accuracy.csv; run an experiment with an `analysis:` section '
                            '(e.g. experiments/knowacq.yaml)')
-    meta_file = folder / 'meta.json'
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = results.read_meta(folder, required=False)
     settings = stats.claim_settings(meta)
     probe_stats = _Probe(meta, settings)
     acc = pd.read_csv(table)
-    trend_file = folder / 'tables' / 'probe_n_trend.csv'
+    trend_file = folder / results.TABLES / 'probe_n_trend.csv'
     trend = pd.read_csv(trend_file) if trend_file.exists() else pd.DataFrame()
     out = []
 
@@ -306,7 +305,7 @@ def _random_claim(folder: Path, acc: pd.DataFrame, settings: Optional[stats.Clai
 
     def missing(why):
         return _missing('random', 'random_init', claim, why, 'greater', margin, test)
-    meta_file = folder / 'meta.json'
+    meta_file = results.meta_path(folder)
     probe = ''
     last = _last(acc)
     for group in last.group.unique():
@@ -318,7 +317,7 @@ def _random_claim(folder: Path, acc: pd.DataFrame, settings: Optional[stats.Clai
             break
     if not meta_file.exists():
         return missing('no meta.json')
-    meta = json.loads(meta_file.read_text())
+    meta = results.read_meta(folder)
     systems = meta.get('systems', [])
     rnd = [s for s in systems if str(s.get('tags', {}).get('backbone', '')).startswith('random:')
            and s['tags'].get('strategy') not in (None, 'zero-shot', 'none')]
@@ -336,10 +335,10 @@ def _random_claim(folder: Path, acc: pd.DataFrame, settings: Optional[stats.Clai
         return missing(f'no pre-trained system trained like {rnd[0]["name"]!r}')
     parts, texts = [], []
     for coll in meta.get('collections', []):
-        pq_file = folder / coll['name'] / 'perquery.csv'
+        pq_file = results.perquery_path(folder, coll['name'])
         if not pq_file.exists():
             continue
-        pq = pd.read_csv(pq_file, dtype={'qid': str})
+        pq = results.read_perquery(folder, coll['name'])
         pq = pq[pq.measure == 'nDCG@10'].pivot_table(index='qid', columns='name', values='value')
         for p_sys, r in pairs:
             if r['name'] not in pq or p_sys['name'] not in pq:

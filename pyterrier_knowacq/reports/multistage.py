@@ -30,7 +30,6 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -38,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from .. import results
 from .._util import KnowacqError, atomic_write_json, atomic_write_text
 from ..analysis import stats
 
@@ -86,13 +86,12 @@ def _parse(name: str) -> Tuple[str, Optional[str]]:
 
 def _load(folder: Path, measure: str) -> Tuple[pd.DataFrame, dict]:
     folder = Path(folder)
-    meta_file = folder / 'meta.json'
-    if not meta_file.exists():
+    if not results.meta_path(folder).exists():
         raise KnowacqError(f'{folder} is not a result folder (no meta.json); run `knowacq run experiments/multistage.yaml` first')
-    meta = json.loads(meta_file.read_text())
+    meta = results.read_meta(folder)
     frames = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / 'perquery.csv').exists()):
-        df = pd.read_csv(sub / 'perquery.csv', dtype={'qid': str})
+    for sub in results.collection_dirs(folder, results.PERQUERY):
+        df = results.read_perquery(folder, sub.name)
         df = df[df['measure'].astype(str) == measure]
         frames.append(df.assign(collection=sub.name))
     if not frames:
@@ -288,12 +287,12 @@ def write_report(result_folder, measure: str = 'nDCG@10') -> List[dict]:
     """Write ``report.json`` and ``report.md`` into the result folder (atomically) and return the claims."""
     folder = Path(result_folder)
     rows = claims(folder, measure)
-    settings = stats.claim_settings(json.loads((folder / 'meta.json').read_text()))
+    settings = stats.claim_settings(results.read_meta(folder))
     variance = seed_table(folder, measure)
-    atomic_write_json(folder / 'report.json', {'study': STUDY, 'measure': measure, 'claims': rows,
+    atomic_write_json(folder / results.REPORT_JSON, {'study': STUDY, 'measure': measure, 'claims': rows,
                                                'method': stats.method_note(settings),
                                                **({'seed_variance': variance} if variance else {})})
     title = '# Multi-stage fine-tuning (Pezzuti et al., ECIR 2025): claims\n\n'
     seeds = seed_markdown(folder, measure) if variance else ''
-    atomic_write_text(folder / 'report.md', title + markdown(rows, settings) + ('\n' + seeds if seeds else ''))
+    atomic_write_text(folder / results.REPORT_MD, title + markdown(rows, settings) + ('\n' + seeds if seeds else ''))
     return rows
