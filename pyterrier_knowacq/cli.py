@@ -97,8 +97,8 @@ def cmd_train(args):
     if args.dry_run:
         print('[knowacq] dry run: the file was checked; nothing was trained')
         return {}
-    from .training.stages import train_from_config
-    out = train_from_config(args.file)
+    from .training.train_file import train_from_config
+    out = train_from_config(args.file)   # each model by its kind (cross-encoder, bi-encoder, colbert)
     # validation-only selection table: the yardsticks are measured on queries carved from the training split
     print('[knowacq] validation nDCG@10 (queries carved from the training split; the test split is never read):')
     print(f'  {"model":<28} {"first stage":>11} {"start":>7} {"best":>7}  folder')
@@ -208,8 +208,9 @@ def parser() -> argparse.ArgumentParser:
                    help='a system is cheap when its recorded time is at most this (default %(default)g)')
     v.add_argument('--keep', metavar='DIR', help='keep the re-run results folder here')
     v.set_defaults(fn=cmd_verify)
-    t = sub.add_parser('train', help='train a model from a YAML file')
-    t.add_argument('file', help='training YAML file (dataset, folds or train_split, models)')
+    t = sub.add_parser('train', help='train the models of a YAML file (each by its kind: cross-encoder, bi-encoder, colbert)')
+    t.add_argument('file', help='training YAML file (dataset, folds or train_split, models: name -> spec with an optional '
+                                'kind:, default cross-encoder)')
     t.add_argument('--dry-run', action='store_true',
                    help='check every model spec, data path and model name, list all problems, and train nothing')
     t.set_defaults(fn=cmd_train)

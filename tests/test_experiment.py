@@ -257,3 +257,18 @@ def test_meta_records_the_dataset_trained_on(tmp_path, monkeypatch):
 def test_bad_folds_and_systems(tmp_path, change, match):
     with pytest.raises(KnowacqError, match=match):
         load_config(_write(tmp_path, FOLDS.replace(*change)))
+
+
+def test_a_measure_no_judged_passage_can_satisfy_is_refused_before_any_work(tmp_path):
+    # scifact's qrels are binary (label 1): RR(rel=2)@10 would be 0 for every query, a silent wrong number
+    path = _write(tmp_path, """
+        name: binary
+        dataset: scifact
+        topics: [test]
+        systems:
+          BM25: bm25(k=10)
+        measures: [nDCG@10, RR(rel=2)@10]
+        """)
+    with pytest.raises(KnowacqError, match=r'scifact-test|test: RR\(rel=2\)@10 count\(s\) only passages judged >= rel.*highest label in these qrels is 1'):
+        run_experiment(path, output=tmp_path / 'res')
+    assert not (tmp_path / 'res').exists()

@@ -31,6 +31,8 @@ __all__ = ['load_config', 'read_config', 'check_config', 'config_problems', 'app
            'Fold', 'KEYS', 'FOLD_KEYS', 'SYSTEM_KEYS', 'MODEL_TRAINERS', 'DEFAULT_MEASURES', 'runs_on']
 
 DEFAULT_MEASURES = ['nDCG@10', 'RR(rel=2)@10', 'AP(rel=2)', 'R(rel=2)@100']
+#: the defaults on binary qrels (highest label 1: BEIR, MS MARCO dev/small), where rel=2 would score 0 everywhere
+BINARY_DEFAULT_MEASURES = ['nDCG@10', 'RR@10', 'AP', 'R@100']
 KEYS = {
     'name': 'experiment name (also the results folder name)', 'study': 'spine | multistage | knowacq | ...',
     'description': 'free text', 'dataset': 'dataset name, beir:/path or irds:<id>', 'topics': 'test split(s)',
@@ -281,6 +283,30 @@ def _system_problems(config, collections: Optional[List[str]], source: str) -> L
 def runs_on(spec, collection: str) -> bool:
     only = spec.get('collections') if isinstance(spec, dict) else None
     return only is None or collection in only
+
+
+def measures_for(config, fold, qrels) -> list:
+    """A fold's measures: its own ``measures:``, else the experiment's, else the defaults for its qrels (graded:
+    :data:`DEFAULT_MEASURES`; binary: :data:`BINARY_DEFAULT_MEASURES`)."""
+    if fold.measures:
+        return _measures({'measures': fold.measures})
+    if config.get('measures'):
+        return _measures(config)
+    binary = qrels is not None and len(qrels) and int(qrels['label'].max()) <= 1
+    return _measures({'measures': BINARY_DEFAULT_MEASURES if binary else DEFAULT_MEASURES})
+
+
+def check_measures_fit_qrels(measures, qrels, collection: str) -> None:
+    """Refuse a measure that no judged passage can satisfy: ``RR(rel=2)@10`` on binary qrels (MS MARCO dev/small,
+    highest label 1) is 0 for every query, a silent wrong number, so the fold needs its own ``measures:``."""
+    if qrels is None or not len(qrels):
+        return
+    top = int(qrels['label'].max())
+    bad = [str(m) for m in measures if int(m.params.get('rel') or 1) > top]
+    if bad:
+        raise KnowacqError(f'{collection}: {", ".join(bad)} count(s) only passages judged >= rel, but the highest label '
+                           f'in these qrels is {top}, so every query would score 0; give this fold its own measures, '
+                           'e.g. {train: ..., test: ..., measures: [RR@10, nDCG@10, R@100]}')
 
 
 def _measures(config):

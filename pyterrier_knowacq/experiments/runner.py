@@ -36,7 +36,7 @@ from .._resources import ResourceLog, stage as _stage
 from .._util import KnowacqError, atomic_directory
 from ..datasets.core import get_dataset
 from ..results import FORMAT
-from .config import (DEFAULT_MEASURES, KEYS, Fold, _fold_data, _measures, _slug,  # noqa: F401
+from .config import (DEFAULT_MEASURES, KEYS, Fold, _fold_data, _measures, _slug, check_measures_fit_qrels, measures_for,  # noqa: F401
                                 check_config, folds_of, load_config, runs_on)
 from .dry_run import apply_dry_run, topics_limit
 from .expressions import parse_pipeline
@@ -182,6 +182,8 @@ def _run_experiment(path, output, overwrite, dry_run, limit_topics, command, res
                 test_ds, test_split = fold.test_data(dataset)
                 topics, qrels = test_ds.get_topics(test_split), test_ds.get_qrels(test_split)
                 _check_topics_qrels(topics, qrels, fold.test)
+                fold_measures = measures_for(config, fold, qrels)
+                check_measures_fit_qrels(fold_measures, qrels, fold.folder)
                 topics = topics[topics['qid'].isin(set(qrels['qid']))]
                 if limit_topics:
                     topics = topics.head(int(limit_topics))
@@ -249,7 +251,6 @@ def _run_experiment(path, output, overwrite, dry_run, limit_topics, command, res
                 baseline = done.index(config['baseline']) if config.get('baseline') in done else None
                 common = dict(names=done, baseline=baseline, test=config.get('test', 't'), correction=correction,
                               correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
-                fold_measures = _measures({'measures': fold.measures}) if fold.measures else measures
                 if seeds is None:
                     agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
                     perq = pt.Experiment(results, topics, qrels, fold_measures, perquery=True, names=done, verbose=False)

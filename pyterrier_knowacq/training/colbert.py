@@ -40,14 +40,14 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
+from .._util import KnowacqError, check_keys
+from .cached import TrainingFamily, train_cached
+from .train_config import TRAIN_KEYS, TrainConfig, check_spec
 
-__all__ = ['train_colbert', 'ColBERTTask', 'DEFAULT_SPEC', 'validate_colbert_spec']
+__all__ = ['train_colbert', 'ColBERTTask', 'DEFAULT_SPEC', 'validate_colbert_spec', 'FAMILY']
 VERSION = 1
 
 DEFAULT_SPEC: Dict[str, Any] = {
@@ -59,19 +59,20 @@ DEFAULT_SPEC: Dict[str, Any] = {
     'max_grad_norm': 1.0, 'grad_accum': 1, 'checkpoint_every': 50,
 }
 DATA_KEYS = set(DEFAULT_SPEC['data']) | {'max_queries', 'extra_depth'}
-#: optional settings, not filled in by default (so the cache keys of specs without them do not change)
-OPTIONAL_KEYS = {'precision', 'gradient_checkpointing', 'micro_batch'}
+#: optional settings, not filled in by default (so the cache keys of specs without them do not change): the shared
+#: training keys (:mod:`.train_config`) DEFAULT_SPEC leaves out
+OPTIONAL_KEYS = set(TRAIN_KEYS) - set(DEFAULT_SPEC)
 
 
 def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """Fill defaults and check keys and values; raises :class:`KnowacqError` naming the bad setting."""
     spec = dict(spec or {})
     spec.pop('kind', None)
-    check_keys(spec, set(DEFAULT_SPEC) | OPTIONAL_KEYS, 'unknown ColBERT training settings')
+    check_spec(spec, set(DEFAULT_SPEC) | OPTIONAL_KEYS, 'unknown ColBERT training settings')
     data = dict(spec.get('data') or {})
     check_keys(data, DATA_KEYS, 'unknown ColBERT data settings')
     spec = {**copy.deepcopy(DEFAULT_SPEC), **spec, 'data': {**DEFAULT_SPEC['data'], **data}}
-    for key in ('dim', 'queries_per_batch', 'query_maxlen', 'doc_maxlen', 'train_doc_maxlen'):
+    for key in ('dim', 'query_maxlen', 'doc_maxlen', 'train_doc_maxlen'):
         if not isinstance(spec[key], int) or spec[key] < 1:
             raise KnowacqError(f'ColBERT training setting {key} must be a positive integer, got {spec[key]!r}')
     if not isinstance(spec['negatives'], int) or spec['negatives'] < 0:
@@ -85,12 +86,6 @@ def validate_colbert_spec(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
                            'or use loss: infonce')
     if isinstance(spec['data']['extra'], str):
         spec['data']['extra'] = [spec['data']['extra']]
-    from .trainer import PRECISIONS
-    if spec.get('precision', 'auto') not in PRECISIONS:
-        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
-    mb = spec.get('micro_batch', 'auto')
-    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
-        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
     return spec
 
 
@@ -189,27 +184,22 @@ def _groups(spec, dataset, split, seed):
     return groups, n_split, teacher
 
 
-def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, output_dir: Optional[Union[str, Path]] = None,
-                  seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
-    """Train (or fetch from the cache) the ColBERT ``spec`` on ``dataset``'s ``train_split``; returns its checkpoint folder.
+class ColBERTFamily(TrainingFamily):
+    """ColBERT's part of :func:`~.cached.train_cached`: one stage, cached in ``models/trained-colbert``."""
+    kind, cache, version, neutral_keys = 'colbert', 'trained-colbert', VERSION, frozenset({'gradient_checkpointing'})
 
-    ``dry_run`` swaps the backbone for ``tiny-bert``, 2 steps and 8 queries (checks the wiring in seconds).
-    """
-    import torch
-    from ..models.colbert import ColBERTModel
-    from ..datasets.core import get_dataset
-    from .trainer import TrainConfig, Trainer
-    dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
-    spec = validate_colbert_spec(spec)
-    if dry_run:
-        spec.update(backbone='tiny-bert', init=None, steps=2, epochs=None)
-        spec['data'] = {**spec['data'], 'max_queries': 8, 'extra': []}
-    from .cache_keys import training_key
-    keyed = {k: v for k, v in spec.items() if k != 'gradient_checkpointing'}   # the same weights with or without
-    key = training_key(keyed, dataset, train_split, seed, VERSION)   # content of data and weights, not names
-    final = cache_dir('models', 'trained-colbert') / key
-    if not (final / 'knowacq.json').exists():
-        started = time.time()
+    def prepare(self, spec, dataset, train_split, dry_run=False):
+        spec = validate_colbert_spec(spec)
+        if dry_run:
+            spec.update(backbone='tiny-bert', init=None, steps=2, epochs=None)
+            spec['data'] = {**spec['data'], 'max_queries': 8, 'extra': []}
+        return spec, train_split
+
+    def train_stage(self, spec, stage, init, dataset, train_split, seed, work, shared, verbose):
+        import torch
+        from ..models.colbert import ColBERTModel
+        from .dense import group_texts_of
+        from .trainer import Trainer
         torch.manual_seed(seed)
         if spec['init']:
             model = ColBERTModel.from_pretrained(spec['init'], query_maxlen=spec['query_maxlen'], doc_maxlen=spec['doc_maxlen'])
@@ -218,31 +208,26 @@ def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, 
                                      doc_maxlen=spec['doc_maxlen'])
         model.name = f'colbert:{spec["init"] or spec["backbone"]}:{dataset.name}:{train_split}'
         groups, n_split, teacher = _groups(spec, dataset, train_split, seed)
-        from .dense import group_texts_of
+        cfg = TrainConfig.from_spec(spec, seed=seed, progress=verbose, log_every=5)
         task = ColBERTTask(model, groups, texts_of=group_texts_of(dataset.get_texts, groups), negatives=spec['negatives'],
-                           queries_per_batch=spec['queries_per_batch'], loss=spec['loss'], loss_params=spec['loss_params'],
+                           queries_per_batch=cfg.queries_per_batch, loss=spec['loss'], loss_params=spec['loss_params'],
                            teacher=teacher, head_lr=spec['head_lr'], train_doc_maxlen=spec['train_doc_maxlen'], seed=seed)
-        cfg = TrainConfig(lr=float(spec['lr']), weight_decay=float(spec['weight_decay']), warmup=float(spec['warmup']),
-                          max_steps=int(spec['steps']) if spec['steps'] else None, epochs=spec['epochs'],
-                          grad_accum=int(spec['grad_accum']), max_grad_norm=spec['max_grad_norm'], seed=seed,
-                          checkpoint_every=int(spec['checkpoint_every']), progress=verbose, log_every=5,
-                          device='cpu' if not torch.cuda.is_available() else None,
-                          precision=spec.get('precision', 'auto'),
-                          gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
-                          micro_batch=spec.get('micro_batch', 'auto'))
-        work = final.with_name(f'{key}.work')
         result = Trainer(task, cfg, work).train()
-        with atomic_directory(final, overwrite=True) as tmp:
-            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / 'training.json', {
-                'spec': spec, 'dataset': dataset.id, 'split': train_split, 'seed': seed, 'steps': result.steps,
-                'groups': len(groups), 'groups_from_split': n_split, 'history': result.history,
-                'wall_time_s': round(time.time() - started, 1)})
-        shutil.rmtree(work, ignore_errors=True)
-    if output_dir is not None:
-        info = json.loads((final / 'training.json').read_text())
-        atomic_write_json(Path(output_dir) / 'training.json', {'model': str(final), **info})
-    return final
+        return result, {'groups': len(groups), 'groups_from_split': n_split}
+
+
+FAMILY = ColBERTFamily()
+
+
+def train_colbert(spec: Optional[Dict[str, Any]], *, dataset, train_split: str, output_dir: Optional[Union[str, Path]] = None,
+                  seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
+    """Train (or fetch from the cache) the ColBERT ``spec`` on ``dataset``'s ``train_split``; returns its checkpoint folder
+    (:func:`~.cached.train_cached`: cached by the content of the spec, the data and the weights).
+
+    ``dry_run`` swaps the backbone for ``tiny-bert``, 2 steps and 8 queries (checks the wiring in seconds).
+    """
+    return train_cached('colbert', spec, dataset=dataset, train_split=train_split, output_dir=output_dir, seed=seed,
+                        dry_run=dry_run, verbose=verbose)
 
 
 def _main(argv=None):  # pragma: no cover - python -m pyterrier_knowacq.training.colbert --train-split dl20 --spec '{...}'

@@ -39,24 +39,24 @@ Example::
 from __future__ import annotations
 
 import copy
-import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
+from .._util import KnowacqError, check_keys
 from ..models.first_stage import named_run
+from .cached import TrainingFamily, train_cached
+from .train_config import TRAIN_KEYS, TrainConfig, check_spec
 
-__all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS']
+__all__ = ['DualEncoder', 'BiEncoderTask', 'train_biencoder', 'validate_dense_spec', 'DENSE_KEYS', 'FAMILY']
 
+#: the bi-encoder's own keys, the shared training keys (:mod:`.train_config`) and ``eval_every``
 DENSE_KEYS = {'kind', 'backbone', 'query_backbone', 'shared', 'pooling', 'temperature', 'normalize', 'max_length',
-              'query_max_length', 'queries_per_batch', 'negatives', 'data', 'lr', 'steps', 'epochs', 'warmup',
-              'weight_decay', 'grad_accum', 'max_grad_norm', 'lora', 'checkpoint_every', 'description',
-              'validation', 'eval_every', 'precision', 'gradient_checkpointing', 'micro_batch'}
+              'query_max_length', 'negatives', 'data', 'lora', 'description', 'validation',
+              'eval_every'} | TRAIN_KEYS
 #: spec keys that do not change the trained weights (left out of the cache key)
 RESULT_NEUTRAL_KEYS = {'gradient_checkpointing'}
 LORA_SAVES = ('merged', 'adapter')
@@ -68,7 +68,7 @@ VERSION = 1
 def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(spec, dict):
         raise KnowacqError(f'a bi-encoder spec must be a mapping, got {type(spec).__name__}')
-    check_keys(spec, DENSE_KEYS, 'unknown bi-encoder spec keys')
+    check_spec(spec, DENSE_KEYS, 'unknown bi-encoder spec keys')
     if not spec.get('backbone'):
         raise KnowacqError('a bi-encoder spec needs `backbone:` (e.g. minilm-l6, random:minilm-l6, smollm2-135m)')
     if not spec.get('steps') and not spec.get('epochs'):
@@ -88,20 +88,12 @@ def validate_dense_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise KnowacqError(f'validation {key} must be a whole number >= 1 (held-out training queries / '
                                    f'candidates re-ranked per query), got {value!r}')
-    if spec.get('eval_every') is not None and (not isinstance(spec['eval_every'], int) or spec['eval_every'] < 1):
-        raise KnowacqError(f'eval_every must be a whole number of steps >= 1, got {spec["eval_every"]!r}')
     if spec.get('eval_every') and not val:
         raise KnowacqError('eval_every needs `validation: {queries: N, run: bm25, depth: D}` (nothing to evaluate)')
     lora = spec.get('lora')
     if lora and (not isinstance(lora, dict) or lora.get('save', 'merged') not in LORA_SAVES):
         raise KnowacqError(f'lora must be a mapping such as {{r: 8, alpha: 16, save: merged}} with save one of '
                            f'{list(LORA_SAVES)}, got {lora!r}')
-    from .trainer import PRECISIONS
-    if spec.get('precision', 'auto') not in PRECISIONS:
-        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
-    mb = spec.get('micro_batch', 'auto')
-    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
-        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
     return spec
 
 
@@ -350,68 +342,56 @@ def build_biencoder(spec: Dict[str, Any], seed: int = 42):
     return bienc
 
 
-def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str], output_dir: Optional[Path] = None,
-                    seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
-    """Fine-tune (or fetch from the cache) the bi-encoder ``spec`` on ``dataset``'s ``train_split``; returns its folder."""
-    from ..datasets.core import get_dataset
-    from .trainer import TrainConfig, Trainer
-    dataset = get_dataset(dataset)
-    if train_split is None and 'train' in (getattr(dataset, 'splits', ()) or ()):
-        train_split = 'train'   # a fold naming another dataset (e.g. scifact): never fall back to its test split
-    spec = copy.deepcopy(validate_dense_spec(dict(spec)))
-    spec.pop('kind', None)
-    if dry_run:
-        spec['backbone'] = _dry_backbone(spec['backbone'])
-        if spec.get('query_backbone'):
-            spec['query_backbone'] = _dry_backbone(spec['query_backbone'])
-        spec['steps'] = min(int(spec.get('steps') or 2), 2)
-        spec.pop('epochs', None)
-        spec['data'] = {**(spec.get('data') or {}), 'max_queries': 8, 'extra': []}
-        spec.pop('lora', None)
-        if spec.get('validation'):
-            val = spec['validation']
-            spec['validation'] = {**val, 'queries': min(int(val['queries']), 3), 'depth': min(int(val.get('depth', 30)), 5)}
-            spec['eval_every'] = 1
-    from .cache_keys import training_key
-    keyed = {k: v for k, v in spec.items() if k not in RESULT_NEUTRAL_KEYS}
-    key = training_key(keyed, dataset, train_split, seed, VERSION)   # content of data and weights, not names
-    final = cache_dir('models', 'trained-dense') / key
-    if not (final / 'knowacq.json').exists():
+class BiEncoderFamily(TrainingFamily):
+    """The bi-encoder's part of :func:`~.cached.train_cached`: one stage, cached in ``models/trained-dense``."""
+    kind, cache, version, neutral_keys = 'bi-encoder', 'trained-dense', VERSION, frozenset(RESULT_NEUTRAL_KEYS)
+
+    def prepare(self, spec, dataset, train_split, dry_run=False):
+        if train_split is None and 'train' in (getattr(dataset, 'splits', ()) or ()):
+            train_split = 'train'   # a fold naming another dataset (e.g. scifact): never fall back to its test split
+        spec = copy.deepcopy(validate_dense_spec(dict(spec)))
+        spec.pop('kind', None)
+        if dry_run:
+            spec['backbone'] = _dry_backbone(spec['backbone'])
+            if spec.get('query_backbone'):
+                spec['query_backbone'] = _dry_backbone(spec['query_backbone'])
+            spec['steps'] = min(int(spec.get('steps') or 2), 2)
+            spec.pop('epochs', None)
+            spec['data'] = {**(spec.get('data') or {}), 'max_queries': 8, 'extra': []}
+            spec.pop('lora', None)
+            if spec.get('validation'):
+                val = spec['validation']
+                spec['validation'] = {**val, 'queries': min(int(val['queries']), 3), 'depth': min(int(val.get('depth', 30)), 5)}
+                spec['eval_every'] = 1
+        return spec, train_split
+
+    def train_stage(self, spec, stage, init, dataset, train_split, seed, work, shared, verbose):
+        from .trainer import Trainer
         bienc = build_biencoder(spec, seed)
         train_qids, val_qids, validator = _validation(spec, dataset, train_split, seed)
         groups = _groups(spec, dataset, train_split, seed, qids=train_qids)
+        cfg = TrainConfig.from_spec(spec, seed=seed, validating=validator is not None, defaults={'queries_per_batch': 8},
+                                    progress=verbose, log_every=5)
         task = BiEncoderTask(bienc, groups, texts_of=group_texts_of(dataset.get_texts, groups),
-                             negatives=int(spec.get('negatives', 3)), queries_per_batch=int(spec.get('queries_per_batch', 8)),
+                             negatives=int(spec.get('negatives', 3)), queries_per_batch=cfg.queries_per_batch,
                              temperature=float(spec.get('temperature', 0.05)), seed=seed, validator=validator,
                              save_adapters=(spec.get('lora') or {}).get('save', 'merged') == 'adapter')
-        steps = spec.get('steps')
-        every = int(spec.get('eval_every') or max(1, int(steps or 100) // 4)) if validator is not None else 0
-        cfg = TrainConfig(lr=float(spec.get('lr', 2e-5)), weight_decay=float(spec.get('weight_decay', 0.01)),
-                          warmup=float(spec.get('warmup', 0.1)), max_steps=int(steps) if steps else None,
-                          epochs=spec.get('epochs'), grad_accum=int(spec.get('grad_accum', 1)),
-                          max_grad_norm=spec.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
-                          checkpoint_every=int(spec.get('checkpoint_every', 50)), progress=verbose, log_every=5,
-                          device='cpu' if not torch.cuda.is_available() else None,
-                          precision=spec.get('precision', 'auto'),
-                          gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
-                          micro_batch=spec.get('micro_batch', 'auto'))
         yardsticks = {}   # what the kept checkpoint is compared with, on the same validation queries
         if validator is not None:
             task.model.eval()   # (the trainer switches it back to training mode)
             yardsticks['start'] = validator(PairScorer(bienc))
             yardsticks['first_stage'] = validator.first_stage()
-        work = final.with_name(f'{key}.work')
         result = Trainer(task, cfg, work).train()
-        with atomic_directory(final, overwrite=True) as tmp:
-            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / 'training.json', {'spec': spec, 'dataset': dataset.id, 'split': train_split,
-                                                      'seed': seed, 'steps': result.steps, 'groups': len(groups),
-                                                      'eval_every': every, 'validation_qids': val_qids,
-                                                      'validation': yardsticks,
-                                                      'best_metric': result.best_metric,
-                                                      'selected': result.model_dir.name, 'history': result.history})
-        shutil.rmtree(work, ignore_errors=True)
-    if output_dir is not None:
-        info = json.loads((final / 'training.json').read_text())
-        atomic_write_json(Path(output_dir) / 'training.json', {'model': str(final), **info})
-    return final
+        return result, {'groups': len(groups), 'eval_every': cfg.eval_every, 'validation_qids': val_qids,
+                        'validation': yardsticks}
+
+
+FAMILY = BiEncoderFamily()
+
+
+def train_biencoder(spec: Dict[str, Any], *, dataset, train_split: Optional[str], output_dir: Optional[Path] = None,
+                    seed: int = 42, dry_run: bool = False, verbose: bool = False) -> Path:
+    """Fine-tune (or fetch from the cache) the bi-encoder ``spec`` on ``dataset``'s ``train_split``; returns its folder
+    (:func:`~.cached.train_cached`: cached by the content of the spec, the data and the weights)."""
+    return train_cached('bi-encoder', spec, dataset=dataset, train_split=train_split, output_dir=output_dir, seed=seed,
+                        dry_run=dry_run, verbose=verbose)

@@ -1,6 +1,6 @@
 """Train one model spec in several processes (DDP): ``processes: 2`` in a ``models:`` entry of an experiment file.
 
-The runner (``experiment._train_models``) hands such a spec to :func:`train_in_processes`, which
+The runner (``experiments.fold_training._train_models``) hands such a spec to :func:`train_in_processes`, which
 
 1. builds, in this process, everything the ranks would otherwise race to build in the shared cache: the dataset's
    files (a synthetic docstore, a teacher), the PISA index where the spec trains on BM25 candidates, the packaged
@@ -9,8 +9,8 @@ The runner (``experiment._train_models``) hands such a spec to :func:`train_in_p
    CPU, NCCL on GPUs; ``OMP_NUM_THREADS`` = cores / N), streaming its output;
 3. returns the trained folder rank 0 reports, after checking that every rank trained the same model.
 
-Each rank calls the model kind's own trainer (``train_model``, ``train_biencoder``, ``train_colbert``) with the same
-arguments as a single-process run; :class:`~.trainer.Trainer` shards the batches and all-reduces the gradients. Only
+Each rank calls the model kind's own trainer (``train_model``, ``train_biencoder``, ``train_colbert``, through
+:func:`~.registry.train`) with the same arguments as a single-process run; :class:`~.trainer.Trainer` shards the batches and all-reduces the gradients. Only
 rank 0 writes the model: the other ranks wait until rank 0 has put each trained stage into place and write nothing
 (their copy of the cache folder would replace the one rank 0 is reading). Every rank leaves
 ``JOB/rank<r>.json`` (``{rank, world_size, folder, runs: [{steps, losses, first_batch, seconds}]}``) and the parent
@@ -114,9 +114,8 @@ def train_in_processes(kind: str, spec: Dict[str, Any], *, dataset, train_split,
     trained folder. ``dataset`` is the dataset *spec* (a name, ``irds:``/``beir:`` string or mapping), which each rank
     opens itself."""
     from ..datasets.core import get_dataset
-    from ..experiments.config import MODEL_TRAINERS
-    if kind not in MODEL_TRAINERS:
-        raise KnowacqError(f'unknown model kind {kind!r}; choose one of {list(MODEL_TRAINERS)}')
+    from .registry import TRAINERS
+    TRAINERS.get_entry(kind)    # an unknown kind: one error naming the closest
     spec, _ = pop_processes(spec)   # (the runner passes it as ``processes``)
     processes = int(processes)
     if processes < 1:
@@ -191,9 +190,11 @@ def _final_of(work: Path) -> Optional[Path]:
     return work.with_name(work.name[:-len('.work')]) if work.name.endswith('.work') else None
 
 
-def _instrument(runs: list, rank: int, module) -> None:
-    """Record each ``Trainer.train`` of this rank; ranks other than 0 wait for rank 0's model and write nothing."""
+def _instrument(runs: list, rank: int, module=None) -> None:
+    """Record each ``Trainer.train`` of this rank; ranks other than 0 wait for rank 0's model and write nothing (the
+    cached-training path's ``atomic_directory``, and ``module``'s if it has one, write into a discarded folder)."""
     import dataclasses
+    from . import cached
     from . import trainer as trainer_module
     original = trainer_module.Trainer.train
 
@@ -219,13 +220,14 @@ def _instrument(runs: list, rank: int, module) -> None:
         return dataclasses.replace(result, model_dir=empty, final_dir=empty, best_dir=None)
 
     trainer_module.Trainer.train = train
-    if rank != 0 and hasattr(module, 'atomic_directory'):
-        module.atomic_directory = _discarded_directory
+    if rank != 0:
+        cached.atomic_directory = _discarded_directory
+        if module is not None and hasattr(module, 'atomic_directory'):
+            module.atomic_directory = _discarded_directory
 
 
 def main(argv=None) -> int:
     import importlib
-    import inspect
     import traceback
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
@@ -239,17 +241,12 @@ def main(argv=None) -> int:
         import torch
         torch.set_num_threads(int(job['threads']))
         from ..datasets.core import get_dataset
-        from ..experiments.config import MODEL_TRAINERS
-        module_name, fn_name = MODEL_TRAINERS[job['kind']]
-        module = importlib.import_module(module_name)
-        fn = getattr(module, fn_name)
-        _instrument(report['runs'], rank, module)
-        kwargs = dict(dataset=get_dataset(job['dataset']), train_split=job['train_split'],
-                      output_dir=job['output_dir'] if rank == 0 else None, seed=int(job['seed']))
-        if 'dry_run' in inspect.signature(fn).parameters:
-            kwargs['dry_run'] = bool(job['dry_run'])
+        from .registry import TRAINERS, train
+        _instrument(report['runs'], rank, importlib.import_module(TRAINERS.get_entry(job['kind']).module))
         started = time.time()
-        folder = fn(copy.deepcopy(job['spec']), **kwargs)
+        folder = train(job['kind'], copy.deepcopy(job['spec']), dataset=get_dataset(job['dataset']),
+                       train_split=job['train_split'], output_dir=job['output_dir'] if rank == 0 else None,
+                       seed=int(job['seed']), dry_run=bool(job['dry_run']))
         report.update(ok=True, folder=str(folder), seconds=round(time.time() - started, 2))
         return 0
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised (torchrun stops the others)

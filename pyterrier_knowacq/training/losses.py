@@ -27,23 +27,25 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Optional, Type
 
 import torch
 import torch.nn.functional as F
 
+from .._registry import Registry
 from .._util import KnowacqError
 
 __all__ = ['Loss', 'LCE', 'RankNet', 'KLDiv', 'MarginMSE', 'BCE', 'InfoNCE', 'LOSSES', 'register_loss', 'get_loss']
 
-LOSSES: Dict[str, Type['Loss']] = {}
+#: every loss by name (a :class:`~pyterrier_knowacq._registry.Registry`: ``get_entry`` names the closest)
+LOSSES: Registry[Type['Loss']] = Registry('loss', hint='set `loss:` to one of them')
 
 
 def register_loss(name: str):
+    """``@register_loss('name')``: add a :class:`Loss` subclass to :data:`LOSSES` (its ``name`` is set)."""
     def wrap(cls):
         cls.name = name
-        LOSSES[name] = cls
-        return cls
+        return LOSSES.register(name, cls)
     return wrap
 
 
@@ -180,9 +182,8 @@ def get_loss(name, **params) -> Loss:
     """A loss instance from its registry name (or pass a :class:`Loss` through)."""
     if isinstance(name, Loss):
         return name
-    if name not in LOSSES:
-        raise KnowacqError(f'unknown loss {name!r}; choose one of {sorted(LOSSES)}')
+    cls = LOSSES.get_entry(name)    # an unknown name: one error with the closest
     try:
-        return LOSSES[name](**params)
+        return cls(**params)
     except TypeError as e:
         raise KnowacqError(f'bad parameters {params} for loss {name!r}: {e}') from None

@@ -36,19 +36,23 @@ Example::
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .._util import KnowacqError, check_keys, atomic_directory, atomic_write_json, cache_dir
+from .._util import KnowacqError, check_keys  # noqa: F401  (check_keys: kept importable from here)
 from ..models.first_stage import named_run
+from .cached import TrainingFamily, train_cached
+from .train_config import SELECTION_KEYS, TrainConfig, check_numbers, check_spec
+from .train_file import train_from_config  # noqa: F401  (``knowacq train FILE``, every kind; kept importable from here)
 
-__all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key']
+__all__ = ['train_model', 'train_from_config', 'validate_spec', 'model_key', 'FAMILY']
 
+#: the model-level shared keys (:mod:`.train_config`) are the settings every stage shares
 MODEL_KEYS = {'backbone', 'init', 'pooling', 'max_length', 'queries_per_batch', 'validation', 'stages', 'head_seed',
               'freeze_layers', 'precision', 'gradient_checkpointing', 'micro_batch'}
+#: a stage takes every shared optimisation key (:data:`~.train_config.TRAIN_KEYS` but the model-level ones)
 STAGE_KEYS = {'loss', 'loss_params', 'data', 'lr', 'head_lr', 'steps', 'epochs', 'warmup', 'weight_decay', 'grad_accum',
-              'max_grad_norm', 'queries_per_batch', 'eval_every', 'checkpoint_every', 'keep_best'}
+              'max_grad_norm', 'queries_per_batch', 'checkpoint_every'} | SELECTION_KEYS
 DATA_KEYS = {'run', 'negatives', 'depth', 'rel_threshold', 'neg_max_label', 'per_positive', 'extra', 'extra_depth',
              'teacher', 'list_length', 'select', 'scores', 'teacher_min_coverage'}
 VERSION = 1
@@ -58,13 +62,7 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Check a model spec's keys and fill defaults; raises :class:`KnowacqError` naming the bad key."""
     if not isinstance(spec, dict):
         raise KnowacqError(f'a model spec must be a mapping, got {type(spec).__name__}')
-    check_keys(spec, MODEL_KEYS, 'unknown model spec keys')
-    from .trainer import PRECISIONS
-    if spec.get('precision', 'auto') not in PRECISIONS:
-        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {spec.get("precision")!r}')
-    mb = spec.get('micro_batch', 'auto')
-    if not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
-        raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
+    check_spec(spec, MODEL_KEYS, 'unknown model spec keys', 'the model spec')
     if not spec.get('backbone') and not spec.get('init'):
         raise KnowacqError('a model spec needs `backbone:` (e.g. minilm-l6) or `init:` (a trained cross-encoder folder)')
     stages = spec.get('stages')
@@ -72,23 +70,19 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
         raise KnowacqError('a model spec needs a non-empty `stages:` list')
     if spec.get('validation') is not None and not isinstance(spec['validation'], dict):
         raise KnowacqError(f'validation is {spec["validation"]!r:.60}; write it as a mapping such as {{queries: 10, run: bm25}}')
-    _check_numbers(spec, ('max_length', 'queries_per_batch', 'head_seed', 'freeze_layers'), 'the model spec', whole=True)
+    _check_numbers(spec, ('max_length', 'head_seed', 'freeze_layers'), 'the model spec', whole=True)
     from .losses import LOSSES
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
             raise KnowacqError(f'stage {i + 1} must be a mapping such as {{loss: lce, lr: 2.0e-5, steps: 200}}')
-        check_keys(st, STAGE_KEYS, f'stage {i + 1}: unknown keys')
+        check_spec(st, STAGE_KEYS, f'stage {i + 1}: unknown keys', f'stage {i + 1}')
         loss = st.get('loss')
         if not isinstance(loss, str) or loss not in LOSSES:
-            import difflib
-            close = difflib.get_close_matches(str(loss), list(LOSSES), n=1)
-            hint = f' (did you mean {close[0]!r}?)' if close else ''
-            raise KnowacqError(f'stage {i + 1}: loss {loss!r} is not one of {sorted(LOSSES)}{hint}; set `loss:` to one of them')
+            raise KnowacqError(f'stage {i + 1}: loss {loss!r} is not one of {sorted(LOSSES)}{LOSSES.suggestion(str(loss))}; '
+                               'set `loss:` to one of them')
         if not st.get('steps') and not st.get('epochs'):
             raise KnowacqError(f'stage {i + 1}: give `steps:` or `epochs:`; add e.g. `steps: 200`')
-        _check_numbers(st, ('steps', 'grad_accum', 'queries_per_batch', 'eval_every', 'checkpoint_every'), f'stage {i + 1}',
-                       whole=True)
-        _check_numbers(st, ('lr', 'head_lr', 'epochs', 'warmup', 'weight_decay', 'max_grad_norm'), f'stage {i + 1}')
+        _check_numbers(st, ('head_lr',), f'stage {i + 1}')
         data = st.get('data') or {}
         if not isinstance(data, dict):
             raise KnowacqError(f'stage {i + 1}: data is {data!r:.60}; write it as a mapping such as {{run: bm25, negatives: 7}}')
@@ -106,28 +100,15 @@ def validate_spec(spec: Dict[str, Any]) -> Dict[str, Any]:
     return spec
 
 
-def _check_numbers(mapping, keys, where: str, whole: bool = False) -> None:
-    """The values at ``keys`` (when given) must be numbers (``2e-5`` reads as text in YAML and is accepted)."""
-    for key in keys:
-        value = mapping.get(key)
-        if value is None:
-            continue
-        try:
-            ok = not isinstance(value, bool) and float(value) == float(value) and (not whole or float(value) == int(float(value)))
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            kind = 'an integer' if whole else 'a number'
-            raise KnowacqError(f'{where}: {key} is {value!r:.40}; write {kind} such as {"100" if whole else "2.0e-5"}')
+#: the one number check (:func:`~.train_config.check_numbers`), under its old name
+_check_numbers = check_numbers
 
 
 def model_key(spec: Dict[str, Any], n_stages: int, dataset, split: str, seed: int) -> str:
     """Hash of everything that determines the model after ``n_stages`` stages: the spec so far, the training data's
     content and the weights it starts from (:func:`~.cache_keys.training_key`)."""
-    from .cache_keys import training_key
-    prefix = {k: v for k, v in spec.items() if k != 'stages'}
-    prefix['stages'] = spec['stages'][:n_stages]
-    return training_key(prefix, dataset, split, seed, VERSION)
+    from .cached import stage_key
+    return stage_key(FAMILY, spec, n_stages, dataset, split, seed)
 
 
 def _validator(spec, dataset, split, val_qids, texts_of):
@@ -205,7 +186,7 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
                  notes=None):
     from ..models.crossencoder import CrossEncoder
     from .crossencoder_task import CrossEncoderTask
-    from .trainer import TrainConfig, Trainer
+    from .trainer import Trainer
     known = dataset.known_docnos()   # None for irds: too large to list, every docno is assumed to have text
     if init_folder is None:
         ce = CrossEncoder.new(spec['backbone'], pooling=spec.get('pooling', 'cls'), seed=int(spec.get('head_seed', seed)))
@@ -225,21 +206,14 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
     max_length = int(spec.get('max_length', 128))
     ce.max_length = max_length
     _freeze(ce.model, spec.get('freeze_layers'))
+    validator = _validator(spec, dataset, split, val_qids, texts_of)
+    # the stage's settings over the model's (a stage's queries_per_batch wins; precision & co. are the model's)
+    cfg = TrainConfig.from_spec({**spec, **stage}, seed=seed, validating=validator is not None,
+                                defaults={'queries_per_batch': 4}, progress=verbose, log_every=10)
     task = CrossEncoderTask(ce, stage['loss'], items, texts_of=texts_of, group_size=group_size,
-                            queries_per_batch=int(stage.get('queries_per_batch', spec.get('queries_per_batch', 4))),
-                            max_length=max_length, seed=seed, targets=targets, select=select,
-                            head_lr=stage.get('head_lr'), validator=_validator(spec, dataset, split, val_qids, texts_of),
+                            queries_per_batch=cfg.queries_per_batch, max_length=max_length, seed=seed, targets=targets,
+                            select=select, head_lr=stage.get('head_lr'), validator=validator,
                             loss_params=stage.get('loss_params'))
-    steps = stage.get('steps')
-    every = int(stage.get('eval_every', max(1, int(steps or 100) // 4))) if task.validator is not None else 0
-    cfg = TrainConfig(lr=float(stage.get('lr', 2e-5)), weight_decay=float(stage.get('weight_decay', 0.01)),
-                      warmup=float(stage.get('warmup', 0.1)), max_steps=int(steps) if steps else None,
-                      epochs=stage.get('epochs'), grad_accum=int(stage.get('grad_accum', 1)),
-                      max_grad_norm=stage.get('max_grad_norm', 1.0), seed=seed, eval_every=every,
-                      keep_best=bool(stage.get('keep_best', True)), checkpoint_every=int(stage.get('checkpoint_every', 50)),
-                      progress=verbose, log_every=10, precision=str(spec.get('precision', 'auto')),
-                      gradient_checkpointing=bool(spec.get('gradient_checkpointing', False)),
-                      micro_batch=spec.get('micro_batch', 'auto'))
     # the first stage and the untrained starting point on the same validation queries: the yardsticks a recipe is
     # selected against (never the test fold)
     yardsticks = {}
@@ -248,129 +222,53 @@ def _train_stage(spec, stage, init_folder, dataset, split, seed, train_qids, val
     return Trainer(task, cfg, work).train(), yardsticks
 
 
+class CrossEncoderFamily(TrainingFamily):
+    """The cross-encoder's part of :func:`~.cached.train_cached`: one cached model per stage prefix of the spec."""
+    kind, cache, version, staged = 'cross-encoder', 'trained', VERSION, True
+
+    def prepare(self, spec, dataset, train_split, dry_run=False):
+        return copy.deepcopy(validate_spec(spec)), train_split
+
+    def stage_count(self, spec):
+        return len(spec['stages'])
+
+    def key_spec(self, spec, stage):
+        """The spec up to ``stage`` stages (so C then C->D shares C's model)."""
+        prefix = {k: v for k, v in spec.items() if k != 'stages'}
+        prefix['stages'] = spec['stages'][:stage]
+        return prefix
+
+    def setup(self, spec, dataset, train_split, seed):
+        """The validation queries, carved from the training split's judged queries once for every stage."""
+        from .examples import split_validation
+        topics = dataset.get_topics(train_split)
+        qrels = dataset.get_qrels(train_split)
+        judged = set(qrels['qid'].astype(str)) & set(topics['qid'].astype(str))
+        if not judged:
+            raise KnowacqError(f'the topics and qrels of {dataset.name}:{train_split} share no query ids; check the split')
+        n_val = int((spec.get('validation') or {}).get('queries', 0))
+        train_qids, val_qids = split_validation(judged, n_val, seed)
+        return {'train_qids': train_qids, 'val_qids': val_qids}
+
+    def train_stage(self, spec, stage, init, dataset, train_split, seed, work, shared, verbose):
+        notes = {}
+        result, yardsticks = _train_stage(spec, spec['stages'][stage - 1], init, dataset, train_split, seed,
+                                          shared['train_qids'], shared['val_qids'], work, verbose, notes=notes)
+        return result, {'validation_qids': shared['val_qids'], 'validation': yardsticks, 'data': notes}
+
+
+FAMILY = CrossEncoderFamily()
+
+
 def train_model(spec: Dict[str, Any], *, dataset, train_split: str, output_dir: Optional[Path] = None, seed: int = 42,
                 validation: Optional[Dict[str, Any]] = None, verbose: bool = True) -> Path:
     """Train (or fetch from the cache) the cross-encoder described by ``spec`` on ``dataset``'s ``train_split``.
 
     Returns the folder of the final model (``CrossEncoder.from_pretrained(folder)`` loads it). ``validation``
     overrides ``spec['validation']``. ``output_dir``, when given, receives ``training.json`` (per-stage history).
-    Interrupted training resumes from the stage's checkpoint on the next call.
+    Interrupted training resumes from the stage's checkpoint on the next call (:func:`~.cached.train_cached`).
     """
-    from ..datasets.core import get_dataset
-    from .examples import split_validation
-    dataset = get_dataset(dataset)
-    spec = copy.deepcopy(validate_spec(spec))
     if validation is not None:
-        spec['validation'] = validation
-    topics = dataset.get_topics(train_split)
-    qrels = dataset.get_qrels(train_split)
-    judged = set(qrels['qid'].astype(str)) & set(topics['qid'].astype(str))
-    if not judged:
-        raise KnowacqError(f'the topics and qrels of {dataset.name}:{train_split} share no query ids; check the split')
-    n_val = int((spec.get('validation') or {}).get('queries', 0))
-    train_qids, val_qids = split_validation(judged, n_val, seed)
-    root = cache_dir('models', 'trained')
-    init = spec.get('init')
-    prev = Path(init) if init else None
-    log = []
-    for k, stage in enumerate(spec['stages'], start=1):
-        key = model_key(spec, k, dataset, train_split, seed)
-        final = root / key
-        if (final / 'knowacq.json').exists():
-            prev = final
-            log.append({'stage': k, 'key': key, 'cached': True})
-            continue
-        work = root / f'{key}.work'
-        notes = {}
-        result, yardsticks = _train_stage(spec, stage, prev, dataset, train_split, seed, train_qids, val_qids, work,
-                                          verbose, notes=notes)
-        with atomic_directory(final, overwrite=True) as tmp:
-            shutil.copytree(result.model_dir, tmp, dirs_exist_ok=True)
-            atomic_write_json(tmp / 'training.json', {'spec': spec, 'stage': k, 'dataset': dataset.id,
-                                                      'split': train_split, 'seed': seed, 'steps': result.steps,
-                                                      'best_metric': result.best_metric, 'selected': result.model_dir.name,
-                                                      'validation_qids': val_qids, 'validation': yardsticks,
-                                                      'data': notes, 'history': result.history})
-        shutil.rmtree(work, ignore_errors=True)
-        log.append({'stage': k, 'key': key, 'cached': False, 'best_metric': result.best_metric,
-                    'selected': result.model_dir.name, 'validation': yardsticks, 'data': notes,
-                    'history': result.history})
-        prev = final
-    if output_dir is not None:
-        atomic_write_json(Path(output_dir) / 'training.json', {'model': str(prev), 'stages': log})
-    return prev
-
-
-def train_from_config(path, *, seed: Optional[int] = None) -> Dict[str, Path]:
-    """``knowacq train FILE``: train every entry of ``models:`` on ``train_split`` (or on each fold's train split).
-
-    The file holds ``dataset``, ``seed``, ``models: {name: spec}`` and either ``train_split:`` or ``folds:``.
-    Returns ``{name or name@split: model folder}``. Every problem in the file (YAML syntax, a missing key, a bad
-    model spec, an unknown dataset or split) is one ``<file>:<line>: <problem>; <fix>`` error, raised before any
-    training starts.
-    """
-    from ..datasets.core import get_dataset
-    from ..datasets.readers import file_error, load_yaml, locate_error, yaml_line
-    path = Path(path)
-    if not path.exists():
-        raise KnowacqError(f'{path} does not exist; give the path of a training YAML file')
-    cfg, node = load_yaml(path, 'training file')
-    layout = 'write `dataset:`, `models:` (name -> spec) and `train_split:` or `folds: [{train: ..., test: ...}]`'
-    if not isinstance(cfg, dict):
-        raise file_error(path, yaml_line(node), 'is empty' if cfg is None else f'is a {type(cfg).__name__}, not a mapping', layout)
-    for key in ('dataset', 'models'):
-        if not cfg.get(key):
-            raise file_error(path, yaml_line(node, key), f'needs `{key}:`' + (' (name -> spec)' if key == 'models' else ''), layout)
-    if not isinstance(cfg['models'], dict):
-        raise file_error(path, yaml_line(node, 'models'), f'models is {cfg["models"]!r:.60}, not a mapping', layout)
-    if seed is None:
-        seed = cfg.get('seed', 42)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise file_error(path, yaml_line(node, 'seed'), f'seed is {seed!r:.40}', 'write an integer such as 42')
-    seed = int(seed)
-    # the splits, each with the line it is named on
-    if cfg.get('train_split'):
-        splits = [(str(cfg['train_split']), yaml_line(node, 'train_split'))]
-    else:
-        folds = cfg.get('folds') or []
-        if not isinstance(folds, list):
-            raise file_error(path, yaml_line(node, 'folds'), 'folds is not a list', layout)
-        splits = []
-        for i, f in enumerate(folds):
-            if not isinstance(f, dict) or not f.get('train'):
-                raise file_error(path, yaml_line(node, 'folds', i), f'fold {i + 1} has no `train:` split',
-                                 'write each fold as {train: dl20, test: dl19}')
-            splits.append((str(f['train']), yaml_line(node, 'folds', i)))
-    if not splits:
-        raise file_error(path, yaml_line(node), 'needs `train_split:` or `folds:`', layout)
-    try:
-        dataset = get_dataset(cfg['dataset'])
-    except KnowacqError as e:
-        raise file_error(path, yaml_line(node, 'dataset'), str(e)) from None
-    for split, line in splits:
-        try:
-            dataset._check_split(split)
-        except KnowacqError as e:
-            raise file_error(path, line, str(e)) from None
-    specs = {}
-    for name, spec in cfg['models'].items():
-        if not isinstance(spec, dict):
-            raise file_error(path, yaml_line(node, 'models', name), f'model {name!r} is {spec!r:.40}, not a mapping',
-                             'write its spec as a mapping such as {backbone: minilm-l6, stages: [...]}')
-        spec = dict(spec)
-        kind = spec.pop('kind', 'cross-encoder')
-        if kind != 'cross-encoder':
-            raise file_error(path, yaml_line(node, 'models', name, 'kind'), f'model {name!r} has kind {kind!r:.40}; '
-                             '`knowacq train` trains cross-encoders', 'train it with `knowacq run` on the experiment, or remove it')
-        try:
-            specs[name] = validate_spec(spec)
-        except KnowacqError as e:
-            scopes = [(r'\bstage (\d+)', lambda m, name=name: ('models', name, 'stages', int(m[1]) - 1)),
-                      (r'', ('models', name))]
-            raise file_error(path, locate_error(str(e), node, scopes), f'model {name!r}: {e}') from None
-    out = {}
-    for split, _ in splits:
-        for name, spec in specs.items():
-            out[f'{name}@{split}' if len(splits) > 1 else name] = train_model(spec, dataset=dataset, train_split=split,
-                                                                              seed=seed)
-    return out
+        spec = {**validate_spec(spec), 'validation': validation}
+    return train_cached('cross-encoder', spec, dataset=dataset, train_split=train_split, output_dir=output_dir,
+                        seed=seed, verbose=verbose)

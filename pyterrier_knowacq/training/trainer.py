@@ -32,6 +32,10 @@ alike, so DDP runs without ``find_unused_parameters``. Micro-batches before the 
 Models with LoRA adapters (peft) are checkpointed adapter-only: ``model.safetensors`` holds the trainable weights
 (and ``optimizer.safetensors`` their AdamW state), never the frozen base; resuming checks the base is the same.
 
+The settings are a :class:`~.train_config.TrainConfig` (``TrainConfig.from_spec`` reads a model spec's, the same
+for every family); the helpers (precision, probes, frozen parameters) live in :mod:`.trainer_utils` and the resumable
+checkpoints in :mod:`.checkpoints`, and every name stays importable from here.
+
 Output folder layout::
 
     output_dir/checkpoint/   model.safetensors, optimizer.safetensors, rng.safetensors, state.json (resume point)
@@ -48,20 +52,20 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import math
-import os
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Union
+from typing import Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 
 from .._util import KnowacqError, atomic_directory, atomic_write_json
+# the settings, the helpers and the checkpoints live in their own modules; every name stays importable from here
+from .checkpoints import CheckpointMixin, _flatten_optimizer, _unflatten_optimizer  # noqa: F401
+from .train_config import PRECISIONS, TrainConfig, TrainResult  # noqa: F401
+from .trainer_utils import (TrainingTask, _autocast, _dist_env, _frozen_digest, _hf_backbones,  # noqa: F401
+                            as_texts_of, enable_gradient_checkpointing, freeze_pooler, freeze_unused_parameters,
+                            has_adapters, preserved_rng, resolve_precision, seed_everything)
 
 __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'TrainingTask', 'seed_everything', 'as_texts_of',
            'resolve_precision', 'enable_gradient_checkpointing', 'freeze_unused_parameters', 'freeze_pooler',
@@ -69,261 +73,8 @@ __all__ = ['TrainConfig', 'TrainResult', 'Trainer', 'TrainingTask', 'seed_everyt
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ('auto', 'fp32', 'bf16')
 
-
-class TrainingTask(Protocol):
-    model: torch.nn.Module
-
-    def batches(self, epoch: int, rank: int, world_size: int) -> List[Any]: ...
-
-    def loss(self, model, batch) -> tuple: ...
-
-    def save(self, folder: Path) -> None: ...
-
-
-def as_texts_of(text_of: Optional[Callable[[str], str]] = None,
-                texts_of: Optional[Callable[[List[str]], List[str]]] = None) -> Callable[[List[str]], List[str]]:
-    """A batched lookup ``texts_of(docnos) -> texts``: ``texts_of`` itself, or a single-docno ``text_of`` wrapped.
-
-    Tasks fetch the passage texts of a batch with one call (``dataset.get_texts`` looks a whole batch up in the
-    docstore at once); an old ``text_of(docno)`` (e.g. ``dict.__getitem__``) still works through this adapter.
-    """
-    if texts_of is not None:
-        return texts_of
-    if text_of is None:
-        raise KnowacqError('a training task needs passage texts: give texts_of(docnos) -> texts (e.g. dataset.get_texts) '
-                           'or text_of(docno) -> text')
-    return lambda docnos: [text_of(d) for d in docnos]
-
-
-def resolve_precision(precision: str, device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``precision`` on ``device``: ``torch.bfloat16`` or ``None`` (fp32).
-
-    ``auto`` is bf16 on a CUDA GPU that supports it and fp32 everywhere else; ``bf16`` elsewhere is an error (bf16 on a
-    CPU is hundreds of times slower than fp32).
-    """
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
-    capable = device.type == 'cuda' and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if precision == 'bf16' and not capable:
-        raise KnowacqError(f'precision bf16 needs a CUDA GPU with bf16 support, but this run is on {device} (bf16 on a '
-                           'CPU is hundreds of times slower); set precision: auto or fp32')
-    if precision == 'bf16' or (precision == 'auto' and capable):
-        return torch.bfloat16
-    return None
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def preserved_rng(device=None):
-    """Run a block without moving any RNG (torch, CUDA, Python, NumPy): probe and measurement steps leave the
-    training run bit-identical to one without them."""
-    device = torch.device(device) if device is not None else torch.device('cpu')
-    py, npy = random.getstate(), np.random.get_state()
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == 'cuda' else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-
-
-def _hf_backbones(model) -> List[torch.nn.Module]:
-    from transformers import PreTrainedModel
-    out, covered = [], set()
-    for m in model.modules():
-        if isinstance(m, PreTrainedModel) and getattr(m, 'supports_gradient_checkpointing', False) and id(m) not in covered:
-            out.append(m)
-            covered.update(id(x) for x in m.modules())
-    return out
-
-
-def enable_gradient_checkpointing(model) -> int:
-    """Turn on (non-reentrant) gradient checkpointing in every Hugging Face backbone inside ``model``; returns how
-    many. Non-reentrant: it works under DDP, with frozen embeddings (LoRA) and gives the same values as without."""
-    backbones = _hf_backbones(model)
-    if not backbones:
-        raise KnowacqError(f'gradient_checkpointing: no Hugging Face backbone in {type(model).__name__} supports it; '
-                           'set gradient_checkpointing: false')
-    for m in backbones:
-        kwargs = {'use_reentrant': False}
-        if hasattr(m, 'activation_checkpointing_enable'):     # transformers >= 5.x (the old name is deprecated)
-            m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return len(backbones)
-
-
-def freeze_pooler(encoder) -> None:
-    """Freeze a BERT-style pooler (dense + tanh over [CLS]) of a model that pools hidden states itself: it takes no
-    part in the loss, and DDP refuses parameters that get no gradient."""
-    pooler = getattr(encoder, 'pooler', None)
-    if isinstance(pooler, torch.nn.Module):
-        pooler.requires_grad_(False)
-
-
-def has_adapters(model) -> bool:
-    """True when ``model`` holds peft adapters (LoRA): checkpoints then keep the trainable weights only."""
-    return any(type(m).__module__.startswith('peft.') for m in model.modules())
-
-
-def freeze_unused_parameters(model, loss_of: Callable[[torch.nn.Module], torch.Tensor], *, device=None,
-                             world_size: int = 1) -> List[str]:
-    """Freeze the trainable parameters that get no gradient from one probe step; returns their names.
-
-    ``loss_of(model)`` computes a loss (e.g. ``task.loss(model, first_batch)[0]``). A parameter whose ``.grad`` stays
-    ``None`` after its backward is exactly what DDP calls "not used in producing loss". Under DDP the used-sets of all
-    ranks are combined (used anywhere = kept), so every rank freezes the same parameters. The probe moves no RNG and
-    leaves no gradient behind.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        return []
-    saved = [p.grad for _, p in named]
-    for _, p in named:
-        p.grad = None
-    try:
-        with preserved_rng(device):
-            loss = loss_of(model)
-            loss.backward()
-        used = torch.tensor([p.grad is not None for _, p in named], dtype=torch.int32)
-    finally:
-        for (_, p), g in zip(named, saved):
-            p.grad = g
-    if world_size > 1:
-        import torch.distributed as dist
-        used = used.to(named[0][1].device)
-        dist.all_reduce(used, op=dist.ReduceOp.MAX)
-        used = used.cpu()
-    frozen = []
-    for (n, p), u in zip(named, used.tolist()):
-        if not u:
-            p.requires_grad_(False)
-            frozen.append(n)
-    return frozen
-
-
-def _frozen_digest(model) -> List[float]:
-    """``[count, sum, sum of |x|]`` over the frozen parameters: a cheap check that a resumed adapter-only checkpoint
-    sits on the same base weights."""
-    n, s, a = 0, 0.0, 0.0
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.requires_grad:
-                n += p.numel()
-                s += float(torch.sum(p, dtype=torch.float64))
-                a += float(torch.sum(p.abs(), dtype=torch.float64))
-    return [n, s, a]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. ``warmup`` < 1 is a ratio of the total steps, >= 1 a number of steps.
-
-    One *step* is one optimiser update, i.e. ``grad_accum`` batches of the task. Give ``max_steps`` or ``epochs``
-    (an epoch = ``len(task.batches(...)) // grad_accum`` steps); with both, the smaller wins.
-
-    ``precision``: ``auto`` (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere), ``fp32`` or ``bf16``
-    (CUDA only). ``gradient_checkpointing``: recompute activations in the backward pass (less memory, ~30% slower).
-    ``micro_batch``: queries per forward pass. ``auto`` keeps the task's batch on a CPU and, on a GPU, splits it into
-    the largest micro-batches that fit the device (measured, see :mod:`.memory`); a number N splits each batch into
-    micro-batches of at most N queries. The effective batch per step is unchanged (gradients are accumulated), but
-    in-batch negatives (bi-encoders, ColBERT) come from the micro-batch only.
-    """
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    max_steps: Optional[int] = None
-    epochs: Optional[float] = None
-    grad_accum: int = 1
-    max_grad_norm: Optional[float] = 1.0
-    seed: int = 42
-    eval_every: int = 0
-    metric: str = 'nDCG@10'
-    keep_best: bool = True
-    checkpoint_every: int = 0
-    log_every: int = 10
-    progress: bool = True
-    device: Optional[str] = None
-    find_unused_parameters: bool = False
-    precision: str = 'auto'
-    gradient_checkpointing: bool = False
-    micro_batch: Union[str, int, None] = 'auto'
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise KnowacqError(f'unknown training settings {sorted(unknown)}; known: {sorted(names)}')
-        return cls(**d)
-
-    def __post_init__(self):
-        if self.max_steps is None and self.epochs is None:
-            raise KnowacqError('TrainConfig needs max_steps or epochs')
-        if self.lr <= 0 or self.grad_accum < 1:
-            raise KnowacqError(f'bad TrainConfig: lr={self.lr}, grad_accum={self.grad_accum}; lr > 0 and grad_accum >= 1')
-        if self.precision not in PRECISIONS:
-            raise KnowacqError(f'precision must be one of {list(PRECISIONS)}, got {self.precision!r}')
-        mb = self.micro_batch
-        if mb is None:
-            self.micro_batch = 'auto'
-        elif not (mb == 'auto' or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 1)):
-            raise KnowacqError(f'micro_batch must be auto or a whole number of queries >= 1, got {mb!r}')
-
-
-@dataclass
-class TrainResult:
-    model_dir: Path
-    final_dir: Path
-    best_dir: Optional[Path]
-    steps: int
-    history: List[dict] = field(default_factory=list)
-    best_metric: Optional[float] = None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _dist_env():
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local = int(os.environ.get('LOCAL_RANK', '0'))
-    return world, rank, local
-
-
-def _flatten_optimizer(state: dict):
-    tensors, meta = {}, {'param_groups': state['param_groups'], 'state': {}}
-    for idx, st in state['state'].items():
-        meta['state'][str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f'{idx}.{k}'] = v.detach().cpu().contiguous()
-                meta['state'][str(idx)][k] = '__tensor__'
-            else:
-                meta['state'][str(idx)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {}
-    for idx, st in meta['state'].items():
-        state[int(idx)] = {k: (tensors[f'{idx}.{k}'] if v == '__tensor__' else v) for k, v in st.items()}
-    return {'state': state, 'param_groups': meta['param_groups']}
-
-
-class Trainer:
+class Trainer(CheckpointMixin):
     """Runs a task's training to completion, resuming from ``output_dir/checkpoint`` when it exists.
 
     Args:
@@ -386,78 +137,6 @@ class Trainer:
             groups = [{'params': decay, 'weight_decay': self.config.weight_decay},
                       {'params': no_decay, 'weight_decay': 0.0}]
         return torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
-
-    # -- checkpoints
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.output_dir / 'checkpoint'
-
-    def _save_checkpoint(self, model, opt, sched, state: dict):
-        if self.rank != 0:
-            return
-        from safetensors.torch import save_file
-        tensors, meta = _flatten_optimizer(opt.state_dict())
-        if self._adapters:      # LoRA: the trainable weights only, never the frozen base
-            weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
-            state = {**state, 'adapter_only': True, 'frozen_digest': self._frozen_digest}
-        else:
-            weights = model.state_dict()
-        with atomic_directory(self.checkpoint_dir, overwrite=True) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / 'model.safetensors'))
-            save_file(tensors, str(tmp / 'optimizer.safetensors'))
-            rng = {'torch': torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng['cuda'] = torch.cuda.get_rng_state()
-            save_file(rng, str(tmp / 'rng.safetensors'))
-            py_state = random.getstate()
-            np_state = np.random.get_state()
-            atomic_write_json(tmp / 'state.json', {
-                **state, 'optimizer': meta, 'scheduler': sched.state_dict(),
-                'python_rng': [py_state[0], list(py_state[1]), py_state[2]],
-                'numpy_rng': [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                'config': dataclasses.asdict(self.config), 'history': self.history})
-
-    def _load_checkpoint(self, model, opt, sched) -> dict:
-        from safetensors.torch import load_file
-        folder = self.checkpoint_dir
-        state = json.loads((folder / 'state.json').read_text())
-        weights = load_file(str(folder / 'model.safetensors'))
-        if bool(state.get('adapter_only')) != self._adapters:
-            raise KnowacqError(f'the checkpoint in {folder} was written {"with" if state.get("adapter_only") else "without"} '
-                               'LoRA adapters and this model is not; delete that folder or train into a new output_dir')
-        try:
-            if self._adapters:
-                params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-                missing = sorted(set(params) - set(weights))
-                unexpected = sorted(set(weights) - set(params))
-                if not missing and not unexpected:
-                    with torch.no_grad():
-                        for n, p in params.items():
-                            p.copy_(weights[n])
-            else:
-                missing, unexpected = model.load_state_dict(weights, strict=False)
-        except RuntimeError as e:           # same names, other shapes
-            missing, unexpected = [str(e).splitlines()[-1].strip()], []
-        if missing or unexpected:
-            raise KnowacqError(f'the checkpoint in {folder} does not fit this model (missing {list(missing)[:3]}, '
-                               f'unexpected {list(unexpected)[:3]}); delete that folder or train into a new output_dir')
-        if self._adapters:
-            old, new = state.get('frozen_digest'), self._frozen_digest
-            if old is None or old[0] != new[0] or any(abs(a - b) > 1e-6 * max(1.0, abs(a)) for a, b in zip(old[1:], new[1:])):
-                raise KnowacqError(f'the adapter checkpoint in {folder} was trained on other base weights than this '
-                                   'model has; load the same backbone, or delete that folder to start again')
-        opt.load_state_dict(_unflatten_optimizer(load_file(str(folder / 'optimizer.safetensors')), state['optimizer']))
-        sched.load_state_dict(state['scheduler'])
-        rng = load_file(str(folder / 'rng.safetensors'))
-        torch.set_rng_state(rng['torch'])
-        if 'cuda' in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng['cuda'])
-        v, internal, gauss = state['python_rng']
-        random.setstate((v, tuple(internal), gauss))
-        kind, keys, pos, has_gauss, cached = state['numpy_rng']
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-        self.history = state.get('history', [])
-        return state
 
     # -- the loop
     def _split(self, batch) -> List[tuple]:

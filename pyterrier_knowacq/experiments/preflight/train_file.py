@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..._util import KnowacqError
-from .checks import _Pass
+from .checks import VALIDATORS, _Pass
 from .report import Report
 
 
@@ -56,12 +56,12 @@ def check_train_file(path, *, dry_run: bool = False, echo: bool = True) -> Repor
                   '{backbone: minilm-l6, stages: [...]}', p.at('models', name))
             continue
         kind = spec.get('kind', 'cross-encoder')
-        if kind != 'cross-encoder':
-            p.add(f'model {name!r} has kind {kind!r:.40}; `knowacq train` trains cross-encoders; train it with '
-                  '`knowacq run` on the experiment, or remove it', p.at('models', name, 'kind'))
+        if not isinstance(kind, str) or kind not in VALIDATORS:
+            p.add(f'model {name!r} has kind {kind!r:.40}; choose one of {sorted(VALIDATORS)} (default cross-encoder)',
+                  p.at('models', name, 'kind'))
             continue
-        p.spec(name, spec, 'cross-encoder', 'models', (name,), f'model {name!r}')
-        p.spec_names(spec, 'cross-encoder')
+        p.spec(name, spec, kind, 'models', (name,), f'model {name!r}')
+        p.spec_names(spec, kind)
         for split, _ in splits:
             if dataset is not None:
                 p.spec_refs(spec, dataset, split, 'models', (name,), f'model {name!r}')
