@@ -12,7 +12,7 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-__all__ = ['probe_curves', 'ig_heatmap', 'save_figure']
+__all__ = ['probe_curves', 'ig_heatmap', 'replot_ig', 'save_figure']
 
 
 def _plt():
@@ -64,28 +64,54 @@ def probe_curves(table: pd.DataFrame, folder: Path, stem: str, title: str) -> Li
     return save_figure(fig, folder, stem)
 
 
-def ig_heatmap(shares: Dict[str, Dict[str, np.ndarray]], folder: Path, stem: str, title: str) -> List[str]:
-    """``shares``: model -> {dense layer name -> per-neuron share of examples active}."""
+def ig_heatmap(shares: Dict[str, Dict[str, np.ndarray]], folder: Path, stem: str, title: str, top: int = 48) -> List[str]:
+    """``shares``: model -> {dense layer name -> per-neuron share of examples active}.
+
+    A layer has hundreds to thousands of neurons, too many columns to read at any page width, and most are never
+    active. So each row shows the layer's ``top`` neurons ranked by share (left: the most often active), and the row
+    label gives how many of the layer's neurons are active in at least half of the examples and at all; the full
+    per-neuron table is ``tables/ig_neurons.csv``."""
     plt = _plt()
     models = list(shares)
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 1.2 + 0.35 * max(len(v) for v in shares.values()) * len(models)),
+    rows = max(len(v) for v in shares.values())
+    fig, axes = plt.subplots(len(models), 1, figsize=(10, 0.9 + 0.32 * rows * len(models) + 0.5 * len(models)),
                              squeeze=False, constrained_layout=True)
     im = None
     for ax, m in zip(axes[:, 0], models):
         layers = list(shares[m])
-        width = max(len(v) for v in shares[m].values())
+        width = min(top, max(len(v) for v in shares[m].values()))
         grid = np.full((len(layers), width), np.nan)
+        labels = []
         for i, name in enumerate(layers):
-            grid[i, :len(shares[m][name])] = shares[m][name]
+            values = np.sort(np.asarray(shares[m][name], dtype=float))[::-1]
+            grid[i, :min(width, len(values))] = values[:width]
+            labels.append(f'{_short(name)}  ({int((values >= 0.5).sum())} / {int((values > 0).sum())} of {len(values)})')
         im = ax.imshow(grid, aspect='auto', interpolation='nearest', vmin=0, vmax=1, cmap='viridis')
         ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels([_short(n) for n in layers], fontsize=6)
-        ax.set_title(m, fontsize=8)
-        ax.set_xlabel('neuron', fontsize=7)
+        ax.set_yticklabels(labels, fontsize=9)
+        ax.set_title(m, fontsize=11, loc='left')
+        ax.set_xlabel(f'neurons ranked by share (the top {width} of each layer)', fontsize=9)
+        ax.tick_params(axis='x', labelsize=8)
     if im is not None:
-        fig.colorbar(im, ax=axes[:, 0].tolist(), label='share of examples active', shrink=0.8)
-    fig.suptitle(title, fontsize=9)
+        fig.colorbar(im, ax=axes[:, 0].tolist(), label='share of examples in which the neuron is active', shrink=0.5)
+    fig.suptitle(f'{title}\nrow label: layer (neurons active in >= half of the examples / in any / all)', fontsize=11)
     return save_figure(fig, folder, stem)
+
+
+def replot_ig(results: Path) -> List[str]:
+    """Redraw ``plots/ig-<group>.{png,svg}`` of a results folder from its ``tables/ig_neurons.csv`` (no model runs)."""
+    results = Path(results)
+    table = pd.read_csv(results / 'tables' / 'ig_neurons.csv')
+    layers = pd.read_csv(results / 'tables' / 'ig_layers.csv')
+    out = []
+    for group, sub in table.groupby('group', sort=False):
+        data = layers.loc[layers['group'] == group, 'data']
+        dname = data.iloc[0] if len(data) else 'probe'
+        shares = {model: {layer: g.sort_values('neuron')['share'].to_numpy() for layer, g in msub.groupby('layer', sort=False)}
+                  for model, msub in sub.groupby('model', sort=False)}
+        out += ig_heatmap(shares, results / 'plots', f'ig-{group}',
+                          f'IG: share of {dname} passages where each FFN neuron is active ({group})')
+    return out
 
 
 def _short(name: str) -> str:
