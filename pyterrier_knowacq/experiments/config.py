@@ -42,6 +42,7 @@ KEYS = {
     'correction_alpha': 'float', 'seed': 'int', 'rerank_depth': 'cut first stages to this depth', 'analysis': 'analysis section',
     'seeds': 'train and evaluate each trained model once per seed, e.g. [1, 2, 3] (seed-independent systems run once)',
     'dry_run': 'overrides applied with --dry-run', 'tags': 'tags for every system', 'output': 'results folder',
+    'knowedit': 'the knowledge-editing study (pyterrier_knowacq.analysis.knowedit: sets, edits, fine-tuning, retrievability)',
     'claims': 'knowacq report: {equivalence_margin: {nDCG@10: 0.02, probe_accuracy: 0.05}, per_claim: {cd_eq_c: 0.01}, interval: t | bootstrap}',
 }
 FOLD_KEYS = {

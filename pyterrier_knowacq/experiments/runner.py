@@ -249,7 +249,8 @@ def _run_experiment(path, output, overwrite, dry_run, limit_topics, command, res
                 if not done:
                     continue
                 baseline = done.index(config['baseline']) if config.get('baseline') in done else None
-                common = dict(names=done, baseline=baseline, test=config.get('test', 't'), correction=correction,
+                common = dict(names=done, baseline=baseline, test=config.get('test', 't'),
+                              correction=correction if baseline is not None else None,   # nothing to correct without one
                               correction_alpha=float(config.get('correction_alpha', 0.05)), verbose=False)
                 if seeds is None:
                     agg = pt.Experiment(results, topics, qrels, fold_measures, **common)
@@ -279,9 +280,13 @@ def _run_experiment(path, output, overwrite, dry_run, limit_topics, command, res
                 current = 'analysis'
                 fold_models = next(iter(meta['models'].values()), {}) if meta['models'] else {}
                 meta['analysis'] = run_analysis(config['analysis'], tmp, seed=seed, dry_run=dry_run, models=fold_models)
+            if config.get('knowedit'):   # the knowledge-editing study: its own sets, edits, fine-tuning and retrieval
+                from ..analysis.knowedit import run_knowedit
+                current = 'knowedit'
+                meta['knowedit'] = run_knowedit(config['knowedit'], tmp, seed=seed, dry_run=dry_run)
         except Exception as e:  # noqa: BLE001 - training, topics or the analysis failed: nothing more can run
-            where = 'analysis: ' if current == 'analysis' else ''
-            failures.append({'system': None, 'collection': None if current == 'analysis' else current,
+            where = f'{current}: ' if current in ('analysis', 'knowedit') else ''
+            failures.append({'system': None, 'collection': None if current in ('analysis', 'knowedit') else current,
                              'error': where + _error_text(e)})
             first_error = first_error or e
         if failures and not meta['collections']:
