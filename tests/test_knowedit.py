@@ -232,7 +232,9 @@ def test_ci_file_runs_the_real_study_small(cache, tmp_path):
     assert main(['run', str(Path(__file__).parents[1] / 'experiments' / 'knowedit-ci.yaml'), '-o', str(out)]) == 0
     meta = json.loads((out / 'meta.json').read_text())
     assert not meta['knowedit']['dry_run'] and meta['knowedit']['training_positives_checked'] > 0
-    sets = pd.read_csv(out / 'tables' / 'knowedit_sets.csv')
-    assert len(sets) == 48   # 24 passages in H and 24 in C
+    sets = pd.read_csv(out / 'tables' / 'knowedit_sets.csv', dtype={'docno': str})
+    assert set(sets['set']) == {'H', 'C'} and (sets.groupby('set').size() == 24).all()
+    assert not set(sets[sets['set'] == 'H'].docno) & set(sets[sets['set'] == 'C'].docno)
     pll = pd.read_csv(out / 'tables' / 'knowedit_pll.csv')
-    assert pll['pll'].notna().all() if 'pll' in pll.columns else len(pll)
+    assert set(pll.arm) == {'unedited', 'suppress-H', 'suppress-C', 'unlearn-H', 'unlearn-C'}
+    assert pll['PLL'].notna().all() and (pll['PLL'] < 0).all()
