@@ -32,7 +32,7 @@ quickstart: install
 	$(VENV)/bin/knowacq quickstart
 
 test: install-test
-	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable
+	$(PY) -m pytest -q -p no:cacheprovider --benchmark-disable --durations=15
 
 test-all: install-test
 	$(PY) -m pytest -q -p no:cacheprovider --runslow --benchmark-disable
