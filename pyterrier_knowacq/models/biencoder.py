@@ -38,6 +38,7 @@ from .backbones import (dpr_role, is_decoder_config, load_encoder, load_pretrain
                         paired_query_encoder, resolve_model)
 from .packed import last_hidden_state
 from .pooling import get_pooling
+from .quantize import check_quantize, quantize_device, quantized_copy
 
 __all__ = ['BiEncoder']
 
@@ -98,6 +99,10 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
         query_prefix, doc_prefix: strings put before queries/documents (e.g. ``"query: "``).
         dedup: the scorer and doc encoder encode each distinct document text once per call (``False``: every row,
             the same vectors to float rounding). Queries are always encoded once each, as in pyterrier-dr.
+        quantize: ``None`` (fp32) or ``'int8'``: the scorer and encoders encode with dynamically quantised copies of
+            the encoder(s) made at load time (CPU only; ``device`` defaults to CPU, a GPU device is refused; see
+            :mod:`~pyterrier_knowacq.models.quantize`). Training (``encode_torch``) and :meth:`save` use the fp32
+            encoders.
     """
 
     ARTIFACT_TYPE = 'bi_encoder'
@@ -106,7 +111,9 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
                  query_model: Optional[nn.Module] = None, normalize: Optional[bool] = None, name: str = '<in-memory>',
                  batch_size: int = 32, max_length: Optional[int] = None, query_max_length: Optional[int] = None,
                  append_eos: Optional[bool] = None, query_prefix: Optional[str] = None, doc_prefix: Optional[str] = None,
-                 text_field: str = 'text', verbose: bool = False, device=None, dedup: bool = True):
+                 text_field: str = 'text', verbose: bool = False, device=None, dedup: bool = True,
+                 quantize: Optional[str] = None):
+        device = quantize_device(quantize, device)
         if is_path(model):
             if tokenizer is not None:
                 raise KnowacqError('BiEncoder(path) loads the tokenizer from the folder; pass no tokenizer with a path')
@@ -115,7 +122,7 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
                                           ('doc_prefix', doc_prefix)) if v is not None}
             self._adopt(type(self).from_pretrained(model, pooling=pooling, query_model=query_model, normalize=normalize,
                                                    batch_size=batch_size, text_field=text_field, verbose=verbose,
-                                                   device=device, dedup=dedup, **settings))
+                                                   device=device, dedup=dedup, quantize=quantize, **settings))
             return
         if tokenizer is None:
             raise KnowacqError('BiEncoder(model, tokenizer) needs the tokenizer of an in-memory model; or load a folder '
@@ -145,9 +152,13 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
         self.append_eos = decoder and pooling == 'last' if append_eos is None else bool(append_eos)
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.device = torch.device(device) if device is not None else default_device()
+        self.quantize = check_quantize(quantize, self.device)
         for m in (self.model, self.query_model):
             if m is not None:
                 m.to(self.device).eval()
+        # int8 copies for inference (sharing the fp32 embeddings); the fp32 encoders train and are saved
+        self._int8 = {role: quantized_copy(m) for role, m in (('doc', self.model), ('query', self.query_model))
+                      if m is not None} if self.quantize else {}
 
     # -- construction and IO (the family contract)
     @classmethod
@@ -255,6 +266,9 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
         return tokenize(self.tokenizer, texts, max_length=max_length)
 
     def _encoder(self, role):
+        """The encoder of ``role``: its int8 copy when scoring (no gradients) with ``quantize='int8'``."""
+        if self._int8 and not torch.is_grad_enabled():
+            return self._int8['query'] if role == 'query' and 'query' in self._int8 else self._int8['doc']
         return self.query_model if role == 'query' and self.query_model is not None else self.model
 
     def _forward(self, batch, role):
@@ -318,11 +332,12 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
         return _Scorer(self, verbose=verbose, batch_size=batch_size, sim_fn=sim_fn)
 
     def __repr__(self):
-        return f'BiEncoder({self.name!r}, pooling={self.pooling_name!r})'
+        quantize = f', quantize={self.quantize!r}' if self.quantize else ''
+        return f'BiEncoder({self.name!r}, pooling={self.pooling_name!r}{quantize})'
 
     def _key(self):
         return (self.name, self.pooling_name, self.normalize, self.max_length, self.query_max_length, self.append_eos,
-                self.query_prefix, self.doc_prefix)
+                self.query_prefix, self.doc_prefix) + ((self.quantize,) if self.quantize else ())
 
     def __eq__(self, other):
         return isinstance(other, BiEncoder) and other._key() == self._key() and \

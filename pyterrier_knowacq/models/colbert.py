@@ -22,346 +22,29 @@ The family contract (:mod:`pyterrier_knowacq.models.artifacts`) is :class:`ColBE
 ``model.save(path)``, ``model.scorer()`` (a :class:`ColBERT` re-ranker), ``model.query_encoder()`` (adds
 ``query_embs``) and ``model.doc_encoder()`` (adds ``doc_embs``, the kept token vectors of each document), which a
 :class:`~pyterrier_knowacq.models.colbert_index.ColBERTIndex` stores: ``model.doc_encoder() >> index.indexer()``.
+
+The model class and MaxSim live in :mod:`pyterrier_knowacq.models.colbert_model` and are re-exported here; this module
+holds the PyTerrier transformers (the re-ranker, the query and doc encoders) and the optional scoring backends.
 """
 from __future__ import annotations
 
-import json
-import re
-import string
-import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
-from .artifacts import ModelArtifact, describe_config, is_path
 from ._batching import distinct, require_text, text_fix, with_scores
-from .._util import KnowacqError, atomic_directory, atomic_write_json
-from .packed import last_hidden_state
+from .._util import KnowacqError
+# the model and MaxSim, re-exported: callers import them from here
+from .colbert_model import DEFAULT_CONFIG, ColBERTModel, maxsim, maxsim_matrix
+from .colbert_model import _WEIGHT_FILES, _checkpoint_folder, _read_state_dict, _torch  # noqa: F401 - re-exported
+from .quantize import quantize_device
 
 __all__ = ['ColBERTModel', 'ColBERT', 'ColBERTQueryEncoder', 'ColBERTDocEncoder', 'maxsim', 'maxsim_matrix',
            'DEFAULT_CONFIG', 'BACKENDS']
-
-#: ColBERTv2 defaults (colbert/infra/config/settings.py); ``artifact.metadata`` overrides them.
-DEFAULT_CONFIG = {'query_maxlen': 32, 'doc_maxlen': 180, 'dim': 128, 'mask_punctuation': True, 'similarity': 'cosine',
-                  'query_token_id': '[unused0]', 'doc_token_id': '[unused1]', 'attend_to_mask_tokens': False}
-_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-
-
-def _torch():
-    import torch
-    return torch
-
-
-def _read_state_dict(folder: Path) -> Dict:
-    torch = _torch()
-    if (folder / 'model.safetensors').exists():
-        from safetensors.torch import load_file
-        return load_file(str(folder / 'model.safetensors'))
-    if (folder / 'pytorch_model.bin').exists():
-        return torch.load(str(folder / 'pytorch_model.bin'), map_location='cpu', weights_only=True)
-    raise KnowacqError(f'{folder} holds no model.safetensors or pytorch_model.bin, so it is not a ColBERT checkpoint; '
-                       'point to a folder written by ColBERTModel.save() or a ColBERTv2 checkpoint folder')
-
-
-def _checkpoint_folder(name: Union[str, Path]) -> Path:
-    """A local folder for a checkpoint name (local folder, packaged alias or hub id such as colbert-ir/colbertv2.0)."""
-    from .backbones import resolve_model
-    path = Path(str(name)).expanduser()
-    if path.is_dir():
-        return path
-    resolved = resolve_model(str(name))
-    if Path(resolved).is_dir():
-        return Path(resolved)
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(resolved))
-    except Exception as e:  # network errors, missing repos
-        raise KnowacqError(f'could not download ColBERT checkpoint {name!r} ({e}); use a local checkpoint folder') from e
-
-
-class ColBERTModel(_torch().nn.Module, ModelArtifact):
-    """A BERT encoder with a bias-free projection to ``dim`` dims, encoding queries and documents as ColBERTv2 does.
-
-    ``encode_queries`` / ``encode_docs`` keep gradients (for training); wrap them in ``torch.inference_mode()`` to score.
-    As PyTerrier transformers: :meth:`scorer`, :meth:`query_encoder`, :meth:`doc_encoder`.
-
-    ``ColBERTModel(path, **overrides)`` is ``ColBERTModel.from_pretrained(path, **overrides)`` (what
-    ``pt.Artifact.load`` calls); in memory, ``ColBERTModel(encoder, tokenizer, config, linear=..., name=...)``.
-    """
-    ARTIFACT_TYPE = 'colbert_model'
-
-    def __init__(self, encoder, tokenizer=None, config: Optional[Dict] = None, linear=None, name: Optional[str] = None,
-                 **overrides):
-        if is_path(encoder):
-            if tokenizer is not None or config is not None or linear is not None:
-                raise KnowacqError('ColBERTModel(path) loads everything from the folder; pass settings such as '
-                                   'doc_maxlen=300 as keywords, not a tokenizer, config or projection')
-            self._adopt(type(self).from_pretrained(encoder, **overrides))
-            return
-        if tokenizer is None:
-            raise KnowacqError('ColBERTModel(encoder, tokenizer) needs the tokenizer of an in-memory encoder; or load a '
-                               'checkpoint with ColBERTModel(path) / ColBERTModel.from_pretrained(path)')
-        super().__init__()
-        self._set_artifact_path(None)
-        torch = _torch()
-        self.config = {**DEFAULT_CONFIG, **(config or {}), **overrides}
-        self.bert = encoder
-        self.tokenizer = tokenizer
-        hidden = encoder.config.hidden_size
-        self.linear = linear if linear is not None else torch.nn.Linear(hidden, int(self.config['dim']), bias=False)
-        if self.linear.in_features != hidden:
-            raise KnowacqError(f'projection expects {self.linear.in_features} inputs but the encoder has {hidden} dims; '
-                               'the checkpoint folder mixes two models')
-        self.config['dim'] = self.linear.out_features
-        self.name = name
-        self.backbone = str(name)
-        vocab = tokenizer.get_vocab()
-        for key in ('query_token_id', 'doc_token_id'):
-            if self.config[key] not in vocab:
-                raise KnowacqError(f'marker token {self.config[key]!r} ({key}) is not in the tokenizer vocabulary; '
-                                   'ColBERT needs a BERT-style vocabulary with [unused0]/[unused1]')
-        if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None:
-            raise KnowacqError('the tokenizer has no [MASK] or [CLS] token; ColBERT needs a BERT-style tokenizer')
-        self.q_marker = tokenizer.convert_tokens_to_ids(self.config['query_token_id'])
-        self.d_marker = tokenizer.convert_tokens_to_ids(self.config['doc_token_id'])
-        self.skiplist = set()
-        if self.config['mask_punctuation']:
-            for symbol in string.punctuation:
-                ids = tokenizer.encode(symbol, add_special_tokens=False)
-                if ids:
-                    self.skiplist.add(ids[0])
-        self._skip_tensor = torch.tensor(sorted(self.skiplist) or [-1], dtype=torch.long)
-        self._warned_truncation = False
-
-    # ---------------------------------------------------------------- construction and IO
-    @classmethod
-    def new(cls, backbone: str, *, dim: int = 128, seed: int = 0, **config) -> 'ColBERTModel':
-        """A fresh ColBERT from any BERT-style backbone name (e.g. ``minilm-l6``) with a seeded random projection.
-
-        The projection is the only new weight: the backbone loads with every weight from its checkpoint
-        (:func:`~pyterrier_knowacq.models.backbones.load_encoder`)."""
-        from .backbones import load_encoder
-        torch = _torch()
-        encoder, tokenizer = load_encoder(backbone)
-        gen = torch.Generator().manual_seed(int(seed))
-        linear = torch.nn.Linear(encoder.config.hidden_size, int(dim), bias=False)
-        with torch.no_grad():
-            bound = 1.0 / np.sqrt(encoder.config.hidden_size)
-            linear.weight.copy_(torch.rand(linear.weight.shape, generator=gen) * 2 * bound - bound)
-        return cls(encoder, tokenizer, {**config, 'dim': int(dim)}, linear=linear, name=str(backbone))
-
-    @classmethod
-    def from_pretrained(cls, name: Union[str, Path], **overrides) -> 'ColBERTModel':
-        """Load a ColBERTv2 checkpoint folder or hub id; ``overrides`` replace ``artifact.metadata`` values (e.g. doc_maxlen).
-
-        Every encoder weight (``bert.*``) and the projection (``linear.weight``) come from the checkpoint; any other
-        missing weight raises :class:`KnowacqError`. An absent pooler (ColBERT never reads it) is removed, not left
-        random.
-        """
-        torch = _torch()
-        folder = _checkpoint_folder(name)
-        if not (folder / 'config.json').exists() or not any((folder / f).exists() for f in _WEIGHT_FILES):
-            raise KnowacqError(f'{folder} is not a ColBERT checkpoint (needs config.json and model.safetensors or '
-                               'pytorch_model.bin with bert.* and linear.weight); point to a ColBERTv2 checkpoint folder')
-        state = _read_state_dict(folder)
-        if 'linear.weight' not in state:
-            raise KnowacqError(f'{folder} holds a model without a ColBERT projection (no linear.weight), so it is not a '
-                               'ColBERT checkpoint; build one with ColBERTModel.new(backbone) and save() it')
-        config, backbone = {}, None
-        if (folder / 'knowacq.json').exists():
-            try:
-                backbone = json.loads((folder / 'knowacq.json').read_text()).get('backbone')
-            except (json.JSONDecodeError, AttributeError):
-                backbone = None
-        if (folder / 'artifact.metadata').exists():
-            try:
-                meta = json.loads((folder / 'artifact.metadata').read_text())
-            except json.JSONDecodeError as e:
-                raise KnowacqError(f'{folder}/artifact.metadata is not valid JSON ({e}); restore it from the checkpoint') from e
-            config = {k: meta[k] for k in DEFAULT_CONFIG if k in meta}
-        config.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(config) - set(DEFAULT_CONFIG)
-        if unknown:
-            raise KnowacqError(f'unknown ColBERT settings {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}')
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from .backbones import ALLOWED_MISSING, _missing_error
-        hf_config = AutoConfig.from_pretrained(str(folder))
-        encoder = AutoModel.from_config(hf_config, dtype=torch.float32)
-        prefix = encoder.base_model_prefix + '.'
-        enc_state = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
-        try:
-            missing, _ = encoder.load_state_dict(enc_state, strict=False)
-        except RuntimeError as e:   # shapes that do not fit config.json
-            raise KnowacqError(f'{folder}: the encoder weights do not fit its config.json ({str(e).splitlines()[-1].strip()}); '
-                               'the checkpoint folder mixes two models') from None
-        position_ids, pooler = (re.compile(p) for p in ALLOWED_MISSING)
-        missing = [k for k in missing if not position_ids.search(k)]
-        if any(pooler.match(k) for k in missing) and getattr(encoder, 'pooler', None) is not None:
-            encoder.pooler = None   # ColBERT reads token states only: an absent pooler is removed, not left random
-            missing = [k for k in missing if not pooler.match(k)]
-        if missing:
-            raise _missing_error(name, f'ColBERT encoder {type(encoder).__name__}', [prefix + k for k in missing], folder,
-                                 'the ColBERT checkpoint is incomplete or of another encoder: re-download it, or '
-                                 're-save it with ColBERTModel.save()')
-        weight = state['linear.weight'].float()
-        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = cls(encoder.eval(), tokenizer, config, linear=linear, name=str(name)).eval()
-        model.backbone = str(backbone or name)
-        # the folder reproduces this model only when no override changed its settings
-        model._set_artifact_path(None if any(v is not None for v in overrides.values()) else folder)
-        return model
-
-    def save(self, folder: Union[str, Path], overwrite: bool = True) -> Path:
-        """Write the checkpoint in the ColBERTv2 layout (safetensors ``bert.*`` + ``linear.weight``, ``artifact.metadata``)
-        with ``knowacq.json``, ``pt_meta.json`` (so ``pt.Artifact.load`` finds it) and the model card ``README.md``,
-        atomically; returns the folder."""
-        folder = Path(folder)
-        with atomic_directory(folder, overwrite=overwrite) as tmp:
-            self.write(tmp)
-        return folder
-
-    def write(self, tmp: Path, tensors: Optional[Dict] = None) -> None:
-        """Write the checkpoint files into an existing folder (use :meth:`save` for an atomic write)."""
-        from safetensors.torch import save_file
-        if tensors is None:
-            prefix = self.bert.base_model_prefix
-            tensors = {f'{prefix}.{k}': v.detach().float().cpu().contiguous().clone() for k, v in self.bert.state_dict().items()}
-            tensors['linear.weight'] = self.linear.weight.detach().float().cpu().contiguous().clone()
-        tmp = Path(tmp)
-        save_file(tensors, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
-        hf_config = self.bert.config.to_dict()
-        hf_config['architectures'] = ['HF_ColBERT']
-        atomic_write_json(tmp / 'config.json', hf_config)
-        self.tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / 'artifact.metadata', {**self.config, 'checkpoint': self.name})
-        atomic_write_json(tmp / 'knowacq.json', {'kind': 'colbert', 'dim': self.config['dim'], 'backbone': self.backbone})
-        self._write_artifact_files(tmp, {
-            'backbone': self.backbone, 'architecture': describe_config(self.bert.config),
-            'settings': {k: self.config[k] for k in ('dim', 'query_maxlen', 'doc_maxlen', 'mask_punctuation',
-                                                     'similarity', 'attend_to_mask_tokens') if k in self.config}})
-
-    # ---------------------------------------------------------------- the family contract: PyTerrier transformers
-    def scorer(self, **kwargs) -> 'ColBERT':
-        """Re-ranks ``qid, query, docno, text`` by MaxSim (a :class:`ColBERT` over this model; ``kwargs`` as there)."""
-        return ColBERT(self, **kwargs)
-
-    def query_encoder(self, batch_size: int = 128, verbose: bool = False) -> 'ColBERTQueryEncoder':
-        """``qid, query`` -> adds ``query_embs`` (float32 ``[query_maxlen, dim]`` per row)."""
-        return ColBERTQueryEncoder(self, batch_size=batch_size, verbose=verbose)
-
-    def doc_encoder(self, batch_size: int = 32, verbose: bool = False, text_field: str = 'text',
-                    dedup: bool = True) -> 'ColBERTDocEncoder':
-        """``docno, text`` -> adds ``doc_embs`` (float32 ``[kept tokens, dim]`` per row: no padding, no punctuation),
-        which ``ColBERTIndex(path).indexer()`` stores."""
-        return ColBERTDocEncoder(self, batch_size=batch_size, verbose=verbose, text_field=text_field, dedup=dedup)
-
-    def _device(self):
-        return next(self.parameters()).device
-
-    def query_embeddings(self, queries: Sequence[str], batch_size: int = 128):
-        """float32 ``[len(queries), query_maxlen, dim]`` (no gradients), in input order."""
-        torch = _torch()
-        device, out = self._device(), []
-        with torch.inference_mode():
-            for s in range(0, len(queries), batch_size):
-                ids, mask = self.tokenize_queries(list(queries[s:s + batch_size]))
-                out.append(self.encode_queries(ids.to(device), mask.to(device)).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, int(self.config['query_maxlen']), int(self.config['dim'])), dtype=np.float32)
-        return np.concatenate(out)
-
-    def doc_embeddings(self, docs: Sequence[str], batch_size: int = 32, verbose: bool = False) -> List[np.ndarray]:
-        """The kept token vectors of each document (float32 ``[n_i, dim]``, no gradients), in input order; documents
-        are tokenised once and encoded longest first in batches of ``batch_size``."""
-        torch = _torch()
-        toks = self.doc_token_ids(list(docs)) if len(docs) else []
-        order = np.argsort([-len(t) for t in toks], kind='stable')
-        device, out = self._device(), [None] * len(toks)
-        with torch.inference_mode():
-            for s in pt.tqdm(range(0, len(order), batch_size), desc='ColBERT docs', unit='batch', disable=not verbose):
-                sel = order[s:s + batch_size]
-                ids, mask = self.pad_docs([toks[j] for j in sel])
-                D, keep = self.encode_docs(ids.to(device), mask.to(device))
-                D, keep = D.float().cpu().numpy(), keep.cpu().numpy()
-                for row, j in enumerate(sel):
-                    out[j] = D[row][keep[row]]
-        return out
-
-    # ---------------------------------------------------------------- tokenisation
-    def tokenize_queries(self, queries: Sequence[str]):
-        """``(input_ids, attention_mask)`` [B, query_maxlen]: ``[CLS] [Q] text [SEP] [MASK]...`` as ColBERTv2 builds them."""
-        torch = _torch()
-        qlen = int(self.config['query_maxlen'])
-        enc = self.tokenizer(['. ' + q for q in queries], padding='max_length', truncation=True, max_length=qlen,
-                             return_tensors='pt', return_token_type_ids=False)
-        ids, mask = enc['input_ids'], enc['attention_mask']
-        ids[:, 1] = self.q_marker
-        ids[ids == self.tokenizer.pad_token_id] = self.tokenizer.mask_token_id
-        if self.config['attend_to_mask_tokens']:
-            mask = torch.ones_like(mask)
-        return ids, mask
-
-    def doc_token_ids(self, docs: Sequence[str]) -> List[List[int]]:
-        """Token ids of each document, ``[CLS] [D] text [SEP]``, truncated to ``doc_maxlen`` (warns once)."""
-        dlen = int(self.config['doc_maxlen'])
-        out = self.tokenizer(['. ' + d for d in docs], add_special_tokens=True, truncation=False, verbose=False)['input_ids']
-        truncated = 0
-        for i, ids in enumerate(out):
-            if len(ids) > dlen:
-                out[i] = ids[:dlen - 1] + [ids[-1]]
-                truncated += 1
-            out[i][1] = self.d_marker
-        if truncated and not self._warned_truncation:
-            self._warned_truncation = True
-            warnings.warn(f'{truncated} document(s) in this batch are longer than doc_maxlen={dlen} tokens and were '
-                          'truncated (as ColBERT does); raise doc_maxlen to keep more text. Later truncations are not reported.',
-                          stacklevel=2)
-        return out
-
-    def pad_docs(self, token_ids: Sequence[Sequence[int]]):
-        """``(input_ids, attention_mask)`` padded to the longest document of the batch."""
-        torch = _torch()
-        width = max(len(t) for t in token_ids)
-        ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-        for i, t in enumerate(token_ids):
-            ids[i, :len(t)] = torch.as_tensor(t, dtype=torch.long)
-            mask[i, :len(t)] = 1
-        return ids, mask
-
-    def tokenize_docs(self, docs: Sequence[str]):
-        return self.pad_docs(self.doc_token_ids(docs))
-
-    # ---------------------------------------------------------------- encoding
-    def _project(self, ids, mask):
-        torch = _torch()
-        hidden = self.bert(input_ids=ids, attention_mask=mask)[0]
-        return torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
-
-    def encode_queries(self, ids, mask):
-        """Query token vectors [B, query_maxlen, dim] (every position, [MASK] augmentation included)."""
-        return self._project(ids, mask)
-
-    def forward(self, q_ids, q_mask, d_ids, d_mask):
-        """Training entry point: MaxSim of every query against every document of the batch -> [Bq, Bd]."""
-        D, keep = self.encode_docs(d_ids, d_mask)
-        return maxsim_matrix(self.encode_queries(q_ids, q_mask), D, keep)
-
-    def encode_docs(self, ids, mask):
-        """``(D [B, L, dim], keep [B, L] bool)``: vectors of padding and punctuation positions are zero and not kept."""
-        torch = _torch()
-        keep = mask.bool() & ~torch.isin(ids, self._skip_tensor.to(ids.device))
-        # scoring and indexing run packed: no padding, and no punctuation in the last layer (the same vectors)
-        hidden = last_hidden_state(self.bert, ids, mask, out_mask=keep)
-        D = torch.nn.functional.normalize(self.linear(hidden), p=2, dim=2)
-        return D * keep.unsqueeze(2), keep
 
 
 def _array_column(arrays, index) -> pd.Series:
@@ -449,20 +132,6 @@ class ColBERTDocEncoder(pt.Transformer):
         return {}
 
 
-def maxsim(Q, D, keep):
-    """Score pairs: ``Q`` [B, Lq, d], ``D`` [B, Ld, d], ``keep`` [B, Ld] -> [B] (max over kept doc tokens, summed over Q)."""
-    sim = Q @ D.transpose(1, 2)
-    sim = sim.masked_fill(~keep.unsqueeze(1), -9999.0)
-    return sim.max(dim=2).values.sum(dim=1)
-
-
-def maxsim_matrix(Q, D, keep):
-    """Every query against every document: ``Q`` [Bq, Lq, d], ``D`` [Bd, Ld, d] -> [Bq, Bd] (for in-batch negatives)."""
-    sim = Q.unsqueeze(1) @ D.transpose(1, 2).unsqueeze(0)          # [Bq, Bd, Lq, Ld]
-    sim = sim.masked_fill(~keep[None, :, None, :], -9999.0)
-    return sim.max(dim=3).values.sum(dim=2)
-
-
 BACKENDS = ('native', 'pylate', 'pyterrier_colbert')
 
 
@@ -475,8 +144,8 @@ class ColBERT(pt.Transformer):
     """Re-ranks candidates by ColBERT MaxSim, with no index (input: qid, query, docno, text -> adds score, rank).
 
     Each distinct query and each distinct document text is encoded once per call (a document retrieved for several
-    queries too); documents are tokenised once, sorted by length and encoded in batches. fp32 on CPU, half precision
-    only on a GPU.
+    queries too); documents are tokenised once, sorted by length and encoded in batches. fp32 on CPU (or int8 with
+    ``quantize='int8'``), half precision only on a GPU.
 
     Example::
 
@@ -492,13 +161,23 @@ class ColBERT(pt.Transformer):
         text_field: the column holding the document text.
         dedup: encode each distinct document text once (``False``: once per row, the same scores to float rounding);
             the native backend only.
+        quantize: ``None`` (the model's own setting; fp32 by default) or ``'int8'``: encode with an int8 copy of the
+            encoder (CPU only; ``device`` defaults to CPU, a GPU device is refused; the native backend only). A
+            :class:`ColBERTModel` passed in is not changed: the re-ranker uses an int8 view of it.
     """
 
     def __init__(self, model: Union[str, Path, ColBERTModel] = 'colbert-ir/colbertv2.0', *, batch_size: int = 32,
                  query_maxlen: Optional[int] = None, doc_maxlen: Optional[int] = None, device: Optional[str] = None,
-                 backend: str = 'native', text_field: str = 'text', verbose: bool = False, dedup: bool = True):
+                 backend: str = 'native', text_field: str = 'text', verbose: bool = False, dedup: bool = True,
+                 quantize: Optional[str] = None):
         if backend not in BACKENDS:
             raise KnowacqError(f'unknown ColBERT backend {backend!r}; use one of {BACKENDS}')
+        device = quantize_device(quantize, device)
+        if device is None and getattr(model, 'quantize', None):
+            device = 'cpu'      # an int8 ColBERTModel scores on the CPU
+        if quantize is not None and backend != 'native':
+            raise KnowacqError(f"quantize={quantize!r} needs backend='native' (the {backend} backend runs its own "
+                               "fp32 model); drop quantize= or use the native backend")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise KnowacqError(f'batch_size must be a positive integer, got {batch_size!r}')
         for key, val in (('query_maxlen', query_maxlen), ('doc_maxlen', doc_maxlen)):
@@ -510,30 +189,39 @@ class ColBERT(pt.Transformer):
         self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
         self._adapter = None
         if isinstance(model, ColBERTModel):
-            self.model, self.checkpoint = model, None
+            self.model, self.checkpoint = (model.quantized(quantize) if quantize else model), None
             for key, val in (('query_maxlen', query_maxlen), ('doc_maxlen', doc_maxlen)):
                 if val is not None:
                     model.config[key] = val
         else:
             self.checkpoint = str(model)
             if backend == 'native':
-                self.model = ColBERTModel.from_pretrained(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+                self.model = ColBERTModel.from_pretrained(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen,
+                                                          quantize=quantize)
             else:
                 self.model = None
                 self._adapter = _load_adapter(backend, self.checkpoint, self)
         if self.model is not None:
+            if getattr(self.model, 'quantize', None) and self.device.type != 'cpu':
+                quantize_device(self.model.quantize, self.device)      # an int8 model on a GPU: the one error
             self.model.eval().to(self.device)
             if self.device.type == 'cuda':
                 self.model.half()
         elif self._adapter is None:
             raise KnowacqError(f'backend {backend!r} needs a checkpoint name, not an in-memory ColBERTModel')
 
+    @property
+    def quantize(self) -> Optional[str]:
+        return getattr(self.model, 'quantize', None) if self.model is not None else None
+
     def __repr__(self):
-        return f'ColBERT({self.checkpoint or self.model.name!r}, backend={self.backend!r})'
+        quantize = f', quantize={self.quantize!r}' if self.quantize else ''
+        return f'ColBERT({self.checkpoint or self.model.name!r}, backend={self.backend!r}{quantize})'
 
     def _key(self):
         return (self.checkpoint if self.checkpoint is not None else id(self.model), self.batch_size, self.query_maxlen,
-                self.doc_maxlen, self.backend, self.text_field, str(self.device))
+                self.doc_maxlen, self.backend, self.text_field, str(self.device)) + \
+            ((self.quantize,) if self.quantize else ())
 
     def __eq__(self, other):
         return isinstance(other, ColBERT) and self._key() == other._key()

@@ -16,10 +16,13 @@ Example::
 
 The index only stores what the model's doc encoder emits (``doc_embs``, as pyterrier-dr's ``FlexIndex`` stores
 ``doc_vec``): :meth:`ColBERTIndex.index` is ``model.doc_encoder() >> index.indexer()`` run over the corpus. The folder
-is a ``pt.Artifact`` (``colbert_index.knowacq``): ``pt.Artifact.load(path)`` opens it.
+is a ``pt.Artifact`` (``colbert_index.knowacq``): ``pt.Artifact.load(path)`` opens it. The query-side transformers
+(:class:`ColBERTRetriever`, :class:`ColBERTIndexScorer`) live in :mod:`~pyterrier_knowacq.models.colbert_search`
+and are re-exported here.
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import itertools
 import json
@@ -27,16 +30,20 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
-import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
 
 from .._util import KnowacqError, atomic_directory, atomic_write_json
 from .colbert import ColBERTDocEncoder, ColBERTModel, _device  # noqa: F401 - _device re-exported
+from .colbert_faiss import SEGMENT_TOKENS, build_faiss, load_faiss
+from .colbert_search import ColBERTIndexScorer, ColBERTRetriever
 
-__all__ = ['ColBERTIndex', 'ColBERTIndexer', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature', 'cached_index']
+__all__ = ['ColBERTIndex', 'ColBERTIndexer', 'ColBERTRetriever', 'ColBERTIndexScorer', 'model_signature', 'cached_index',
+           'cache_path']
 
 FORMAT = 'pyterrier_knowacq.models.colbert_index/1'
+#: an index whose faiss index is in several segments (``colbert_faiss``): older readers refuse it rather than read part
+FORMAT_SEGMENTED = 'pyterrier_knowacq.models.colbert_index/2'
 
 
 def model_signature(model: ColBERTModel) -> str:
@@ -58,21 +65,29 @@ def _as_model(model) -> ColBERTModel:
     return ColBERTModel.from_pretrained(model)
 
 
-def cached_index(dataset, model, *, batch_size: int = 32, max_docs: Optional[int] = None) -> 'ColBERTIndex':
-    """The ColBERT index of a dataset's corpus for a model, built on first use under ``cache_dir('indexes')``.
-
-    ``max_docs`` indexes only the first documents (dry runs that check the wiring).
-    """
-    import itertools
+def cache_path(dataset, model: ColBERTModel, max_docs: Optional[int] = None) -> Path:
+    """Where :func:`cached_index` keeps the index of ``dataset``'s corpus for ``model``: keyed by the corpus content,
+    the model's weights and ``doc_maxlen`` (a sharded build, :mod:`~pyterrier_knowacq.models.sharding`, writes there too)."""
     from .._util import cache_dir
-    from ..datasets.core import get_dataset
-    dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
-    model = _as_model(model)
     fp = dataset.corpus_fingerprint() if hasattr(dataset, 'corpus_fingerprint') else dataset.name
     key = f'{fp}:{model_signature(model)}:{model.config["doc_maxlen"]}' + (f':{max_docs}' if max_docs else '')
     key = hashlib.sha1(key.encode()).hexdigest()[:16]
-    path = cache_dir('indexes') / f'colbert-{dataset.name.replace("/", "_").replace(":", "_")}-{key}'
-    index = ColBERTIndex(path, model, batch_size=batch_size)
+    return cache_dir('indexes') / f'colbert-{dataset.name.replace("/", "_").replace(":", "_")}-{key}'
+
+
+def cached_index(dataset, model, *, batch_size: int = 32, max_docs: Optional[int] = None,
+                 chunk_docs: int = 2048) -> 'ColBERTIndex':
+    """The ColBERT index of a dataset's corpus for a model, built on first use under ``cache_dir('indexes')``.
+
+    ``max_docs`` indexes only the first documents (dry runs that check the wiring). An index built by
+    ``torchrun ... -m pyterrier_knowacq.models.sharding colbert`` for the same corpus and model lies at the same
+    path (:func:`cache_path`) and is used as it is.
+    """
+    from ..datasets.core import get_dataset
+    dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    model = _as_model(model)
+    path = cache_path(dataset, model, max_docs)
+    index = ColBERTIndex(path, model, batch_size=batch_size, chunk_docs=chunk_docs)
     if not (path / 'meta.json').exists():
         index.index(itertools.islice(dataset.get_corpus_iter(), max_docs))
     return index
@@ -87,6 +102,7 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
         batch_size: documents per forward pass while indexing.
         chunk_docs: documents held in memory at once while indexing (memory stays flat in corpus size).
         faiss_index: ``auto`` (exact ``flat`` below 200k tokens, else ``ivfpq``), ``flat`` or ``ivfpq``.
+        segment_tokens: tokens per faiss segment (:mod:`~.colbert_faiss`: a build holds one segment at a time).
         overwrite: replace an existing index at ``path``.
     """
     ARTIFACT_TYPE = 'colbert_index'
@@ -94,7 +110,8 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
     ARTIFACT_PACKAGE_HINT = 'pyterrier-knowacq'
 
     def __init__(self, path: Union[str, Path], model=None, *, batch_size: int = 32, chunk_docs: int = 2048,
-                 faiss_index: str = 'auto', overwrite: bool = False, verbose: bool = True):
+                 faiss_index: str = 'auto', overwrite: bool = False, verbose: bool = True,
+                 segment_tokens: int = SEGMENT_TOKENS):
         super().__init__(path)
         if faiss_index not in ('auto', 'flat', 'ivfpq'):
             raise KnowacqError(f"faiss_index must be 'auto', 'flat' or 'ivfpq', got {faiss_index!r}")
@@ -102,7 +119,7 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
         self._model_arg = model
         self._model = None
         self.batch_size, self.chunk_docs, self.faiss_index = int(batch_size), int(chunk_docs), faiss_index
-        self.overwrite, self.verbose = overwrite, verbose
+        self.overwrite, self.verbose, self.segment_tokens = overwrite, verbose, int(segment_tokens)
         self._payload = None
 
     # ---------------------------------------------------------------- model handling
@@ -149,49 +166,27 @@ class ColBERTIndex(pta.Artifact, pt.Indexer):
         return ColBERTIndexer(self, None if model is None else _as_model(model),
                               overwrite=self.overwrite if overwrite is None else overwrite)
 
-    def _build_faiss(self, folder: Path, tokens: np.memmap, kind: str) -> Dict:
-        import faiss
-        n, dim = tokens.shape
-        step = 65536
-        if kind == 'flat':
-            index = faiss.IndexFlatIP(dim)
-            meta = {'type': 'flat'}
-        else:
-            nlist = int(min(max(2 ** int(np.log2(max(4 * np.sqrt(n), 64))), 64), 16384))
-            m = next(c for c in (16, 32, 8, 4, 2, 1) if dim % c == 0)
-            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(0)
-            sample = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
-            if len(sample) < max(nlist, 256):
-                raise KnowacqError(f'only {n} tokens: too few for an ivfpq index with {nlist} lists; use faiss_index="flat"')
-            index.train(np.ascontiguousarray(tokens[sample], dtype=np.float32))
-            meta = {'type': 'ivfpq', 'nlist': nlist, 'm': m, 'nbits': 8}
-        for s in pt.tqdm(range(0, n, step), desc='faiss add', unit='chunk', disable=not self.verbose):
-            index.add(np.ascontiguousarray(tokens[s:s + step], dtype=np.float32))
-        faiss.write_index(index, str(folder / 'tokens.faiss'))
-        return meta
-
     # ---------------------------------------------------------------- reading
     def meta(self) -> Dict:
         path = self.path / 'meta.json'
         if not path.exists():
             raise KnowacqError(f'{self.path} is not a ColBERT index (no meta.json); build it with ColBERTIndex(path, model).index(corpus)')
         meta = json.loads(path.read_text())
-        if meta.get('format') != FORMAT:
+        if meta.get('format') not in (FORMAT, FORMAT_SEGMENTED):
             raise KnowacqError(f'{self.path} has index format {meta.get("format")!r}, expected {FORMAT}; rebuild it')
         return meta
 
     def payload(self):
-        """``(tokens memmap [T, dim] fp16, offsets [N+1], docnos array, faiss index)``, loaded once."""
+        """``(tokens memmap [T, dim] fp16, offsets [N+1], docnos array, faiss index)``, loaded once (the faiss index:
+        a ``faiss.Index``, or a :class:`~.colbert_faiss.SegmentedIndex` searched the same way)."""
         if self._payload is None:
-            import faiss
             meta = self.meta()
             tokens = np.memmap(self.path / 'tokens.f16', dtype=np.float16, mode='r', shape=(meta['num_tokens'], meta['dim']))
             doclens = np.load(self.path / 'doclens.npy')
             offsets = np.zeros(len(doclens) + 1, dtype=np.int64)
             np.cumsum(doclens, out=offsets[1:])
             docnos = np.array((self.path / 'docnos.txt').read_text(encoding='utf-8').split('\n')[:-1], dtype=object)
-            self._payload = (tokens, offsets, docnos, faiss.read_index(str(self.path / 'tokens.faiss')))
+            self._payload = (tokens, offsets, docnos, load_faiss(self.path, meta.get('faiss', {})))
         return self._payload
 
     def __len__(self):
@@ -298,7 +293,7 @@ class ColBERTIndexer(pt.Indexer):
         if model is not None:
             model_dim = int(model.config['dim'])
         with atomic_directory(index.path, overwrite=self.overwrite) as tmp:
-            doclens, dim = [], None
+            doclens, dim = array.array('q'), None   # 8 bytes a document, not a Python int
             with open(tmp / 'tokens.f16', 'wb') as f_tok, open(tmp / 'docnos.txt', 'w', encoding='utf-8') as f_docno, \
                     pt.tqdm(desc='ColBERT indexing', unit='doc', disable=not index.verbose) as bar:
                 for rec in inp:
@@ -324,14 +319,14 @@ class ColBERTIndexer(pt.Indexer):
                     bar.update(1)
             if not doclens:
                 raise KnowacqError('nothing to index: the corpus iterator yielded no documents')
-            doclens = np.asarray(doclens, dtype=np.int32)
+            doclens = np.frombuffer(doclens, dtype=np.int64).astype(np.int32)
             np.save(tmp / 'doclens.npy', doclens)
-            n_tokens = int(doclens.sum())
+            n_tokens = int(doclens.sum(dtype=np.int64))
             kind = index.faiss_index if index.faiss_index != 'auto' else ('flat' if n_tokens < 200_000 else 'ivfpq')
-            tokens = np.memmap(tmp / 'tokens.f16', dtype=np.float16, mode='r', shape=(n_tokens, dim))
-            faiss_meta = index._build_faiss(tmp, tokens, kind)
+            faiss_meta = build_faiss(tmp, n_tokens, int(dim), kind, verbose=index.verbose,
+                                     segment_tokens=index.segment_tokens)
             atomic_write_json(tmp / 'meta.json', {
-                'format': FORMAT, 'dim': int(dim), 'num_docs': len(doclens), 'num_tokens': n_tokens,
+                'format': FORMAT_SEGMENTED if faiss_meta.get('segments', 1) > 1 else FORMAT, 'dim': int(dim), 'num_docs': len(doclens), 'num_tokens': n_tokens,
                 'checkpoint': model.name if model is not None else None,
                 'model_signature': model_signature(model) if model is not None else None,
                 'doc_maxlen': model.config['doc_maxlen'] if model is not None else None,
@@ -342,89 +337,3 @@ class ColBERTIndexer(pt.Indexer):
         if index._model_arg is None and model is not None:
             index._model_arg = model
         return index
-
-
-class ColBERTRetriever(pt.Transformer):
-    """Retrieves with a :class:`ColBERTIndex`: faiss candidates per query token, then exact MaxSim.
-
-    Example::
-
-        pipeline = ColBERTIndex('msmarco.colbert', model).retriever(num_results=100) >> dataset.text_loader()
-    """
-
-    def __init__(self, index: ColBERTIndex, model=None, *, num_results=1000, ncandidates=256, nprobe=32, batch_size=16):
-        for key, val in (('num_results', num_results), ('ncandidates', ncandidates), ('nprobe', nprobe), ('batch_size', batch_size)):
-            if not isinstance(val, int) or val < 1:
-                raise KnowacqError(f'{key} must be a positive integer, got {val!r}')
-        self.index, self.num_results, self.ncandidates, self.nprobe, self.batch_size = index, num_results, ncandidates, nprobe, batch_size
-        self.model = index._query_model(model)
-
-    def _key(self):
-        return (str(self.index.path.resolve()), self.num_results, self.ncandidates, self.nprobe, id(self.model))
-
-    def __eq__(self, other):
-        return isinstance(other, ColBERTRetriever) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pta.validate.query_frame(inp, extra_columns=['query'])
-        cols = ['qid', 'query', 'docno', 'score', 'rank']
-        if not len(inp):
-            return pd.DataFrame({c: pd.Series(dtype='float64' if c == 'score' else 'int64' if c == 'rank' else 'object') for c in cols})
-        tokens, offsets, docnos, findex = self.index.payload()
-        if hasattr(findex, 'nprobe'):
-            findex.nprobe = self.nprobe
-        Q = self.index._encode_queries(self.model, inp['query'].astype(str).tolist(), self.batch_size)
-        frames = []
-        for i, (qid, query) in enumerate(pt.tqdm(list(zip(inp['qid'], inp['query'])), desc='ColBERT retrieve',
-                                                 unit='q', disable=not self.index.verbose or len(inp) < 10)):
-            _, tok_ids = findex.search(Q[i].numpy(), min(self.ncandidates, len(tokens)))
-            tok_ids = tok_ids[tok_ids >= 0]
-            cand = np.unique(np.searchsorted(offsets, tok_ids, side='right') - 1)
-            scores = self.index._maxsim(Q[i], cand)
-            top = np.argsort(-scores, kind='stable')[:self.num_results]
-            frames.append(pd.DataFrame({'qid': qid, 'query': query, 'docno': docnos[cand[top]],
-                                        'score': scores[top].astype('float64'), 'rank': np.arange(len(top))}))
-        return pd.concat(frames, ignore_index=True)[cols]
-
-
-class ColBERTIndexScorer(pt.Transformer):
-    """Re-ranks ``qid, query, docno`` by exact MaxSim against the token vectors stored in a :class:`ColBERTIndex`.
-
-    Example::
-
-        pipeline = bm25 >> ColBERTIndex('msmarco.colbert', model).scorer()
-    """
-
-    def __init__(self, index: ColBERTIndex, model=None, batch_size: int = 16):
-        self.index, self.batch_size = index, batch_size
-        self.model = index._query_model(model)
-        self._lookup = None
-
-    def _key(self):
-        return (str(self.index.path.resolve()), id(self.model))
-
-    def __eq__(self, other):
-        return isinstance(other, ColBERTIndexScorer) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pta.validate.columns(inp, includes=['qid', 'query', 'docno'])
-        if not len(inp):
-            return inp.assign(score=pd.Series(dtype='float64'), rank=pd.Series(dtype='int64'))
-        _, _, docnos, _ = self.index.payload()
-        if self._lookup is None:
-            self._lookup = pd.Series(np.arange(len(docnos)), index=docnos)
-        missing = ~inp['docno'].isin(self._lookup.index)
-        if missing.any():
-            raise KnowacqError(f'{int(missing.sum())} docnos are not in the index {self.index.path} (e.g. '
-                               f'{inp.loc[missing, "docno"].iloc[0]!r}); index the whole corpus or use the text-based ColBERT re-ranker')
-        scores = np.zeros(len(inp), dtype=np.float64)
-        for qid, rows in inp.groupby('qid', sort=False).indices.items():
-            Q = self.index._encode_queries(self.model, [str(inp['query'].iloc[rows[0]])], 1)[0]
-            scores[rows] = self.index._maxsim(Q, self._lookup.loc[inp['docno'].iloc[rows]].to_numpy())
-        return pt.model.add_ranks(inp.assign(score=scores))

@@ -30,6 +30,7 @@ from .._util import KnowacqError, atomic_directory, atomic_write_json
 from .backbones import is_decoder_config, load_encoder, load_pretrained, load_pretrained_encoder, load_tokenizer, resolve_model
 from .packed import classifier_logits, last_hidden_state
 from .pooling import get_pooling
+from .quantize import check_quantize, quantize_device, quantized_copy
 
 __all__ = ['CrossEncoder', 'CrossEncoderModel']
 
@@ -75,7 +76,8 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
 
     Input columns ``qid, query, docno, text``; adds ``score`` (float64) and ``rank`` (int64), rows in input order.
     Identical (query, text) pairs are scored once per call; pairs are tokenised once and scored in batches of similar
-    length (dynamic padding), in fp32 on CPU.
+    length (dynamic padding), in fp32 on CPU (``quantize='int8'``: int8 on CPU, see
+    :mod:`~pyterrier_knowacq.models.quantize`).
 
     Example::
 
@@ -91,18 +93,23 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
         text_field: the column holding the passage text.
         verbose: show a progress bar.
         dedup: score each distinct (query, text) pair once (``False``: every row, the same scores to float rounding).
+        quantize: ``None`` (fp32) or ``'int8'``: score with a dynamically quantised copy made at load time (CPU only;
+            ``device`` defaults to CPU, a GPU device is refused). ``model`` stays fp32, and so does what :meth:`save`
+            writes.
     """
 
     ARTIFACT_TYPE = 'cross_encoder'
 
     def __init__(self, model: CrossEncoderModel, tokenizer=None, name: str = '<in-memory>', batch_size: int = 32,
                  max_length: int = 512, text_field: str = 'text', verbose: bool = False, device=None,
-                 dedup: bool = True):
+                 dedup: bool = True, quantize: Optional[str] = None):
+        device = quantize_device(quantize, device)
         if is_path(model):
             if tokenizer is not None:
                 raise KnowacqError('CrossEncoder(path) loads the tokenizer from the folder; pass no tokenizer with a path')
             self._adopt(type(self).from_pretrained(model, batch_size=batch_size, max_length=max_length,
-                                                   text_field=text_field, verbose=verbose, device=device, dedup=dedup))
+                                                   text_field=text_field, verbose=verbose, device=device, dedup=dedup,
+                                                   quantize=quantize))
             return
         if tokenizer is None:
             raise KnowacqError('CrossEncoder(model, tokenizer) needs the tokenizer of an in-memory model; or load a '
@@ -118,7 +125,10 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
         self.verbose = verbose
         self.dedup = bool(dedup)
         self.device = torch.device(device) if device is not None else default_device()
+        self.quantize = check_quantize(quantize, self.device)
         self.model.to(self.device).eval()
+        # the int8 copy scores; self.model (fp32, sharing the copy's embeddings and head) is what save() writes
+        self._int8 = quantized_copy(self.model) if self.quantize else None
 
     # -- construction
     @classmethod
@@ -194,7 +204,8 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
 
     def save(self, folder) -> Path:
         """Write safetensors weights, the tokenizer, ``knowacq.json``, ``pt_meta.json`` (so ``pt.Artifact.load``
-        finds it) and the model card ``README.md``, atomically; returns the folder."""
+        finds it) and the model card ``README.md``, atomically; returns the folder. An int8 scorer writes its fp32
+        weights: quantisation is a load option (``from_pretrained(folder, quantize='int8')``), never stored."""
         folder = Path(folder)
         from safetensors.torch import save_file
         with atomic_directory(folder, overwrite=True) as tmp:
@@ -237,7 +248,8 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
             return np.empty((0,), dtype=np.float32)
         codes, (queries, texts) = distinct(queries, texts, enabled=self.dedup)
         enc = tokenize(self.tokenizer, queries, texts, max_length=self.max_length)
-        scores = run_sorted(lambda b: self.model(**b), self.tokenizer, enc, self.batch_size, self.device,
+        model = self._int8 if self._int8 is not None else self.model
+        scores = run_sorted(lambda b: model(**b), self.tokenizer, enc, self.batch_size, self.device,
                             verbose=self.verbose, desc='cross-encoder', unit='pair')
         return scores[codes]
 
@@ -250,10 +262,10 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
                                                  inp[self.text_field].astype(str).tolist()))
 
     def __repr__(self):
-        return f'CrossEncoder({self.name!r})'
+        return f'CrossEncoder({self.name!r}' + (f', quantize={self.quantize!r})' if self.quantize else ')')
 
     def _key(self):
-        return (self.name, self.max_length, self.text_field)
+        return (self.name, self.max_length, self.text_field) + ((self.quantize,) if self.quantize else ())
 
     def __eq__(self, other):
         return isinstance(other, CrossEncoder) and other._key() == self._key() and \

@@ -5,6 +5,11 @@ The cache key covers everything that changes the stored passage vectors: the cor
 the EOS token appended by last-token pooling and the passage prefix. So two models, or one model pooled two ways,
 never share an index.
 
+The corpus is encoded ``encoding_chunk(batch_size)`` documents at a time (each chunk length-sorted into batches) and
+the vectors go straight to the index's ``vecs.f4`` file, so memory stays flat in the corpus size. A sharded build
+(``torchrun --nproc_per_node N -m pyterrier_knowacq.models.sharding dense ...``) encodes the same chunks on N
+processes and merges them into the same folder, bit for bit: :func:`dense_index` then finds it built.
+
 Example::
 
     retriever = dense_retriever('scifact', 'minilm-l6', pooling='mean', k=100, max_length=96)
@@ -25,7 +30,14 @@ from .._util import cache_dir
 from .backbones import model_fingerprint
 from ..datasets.core import get_dataset
 
-__all__ = ['dense_index', 'dense_retriever', 'index_folder']
+__all__ = ['dense_index', 'dense_retriever', 'index_folder', 'encoding_chunk']
+
+
+def encoding_chunk(batch_size: int) -> int:
+    """Documents encoded together (length-sorted into batches of ``batch_size``) when building a dense index: what
+    ``(doc_encoder >> indexer).index(corpus)`` chose on its own (the larger of 100 and the batch size). A vector depends
+    on its batch's padding only to float rounding, so a sharded build encodes exactly these chunks."""
+    return max(100, int(batch_size))
 
 
 def _safe(text: str, limit: int = 40) -> str:
@@ -66,7 +78,8 @@ def dense_index(dataset, model: str, pooling: Optional[str] = None, batch_size: 
         shutil.rmtree(tmp, ignore_errors=True)
         print(f'[knowacq] encoding the {dataset.name} corpus with {model} ({encoder.pooling_name} pooling) '
               f'into {folder.name}', flush=True)
-        (encoder.doc_encoder() >> pyterrier_dr.FlexIndex(str(tmp)).indexer()).index(dataset.get_corpus_iter())
+        (encoder.doc_encoder() >> pyterrier_dr.FlexIndex(str(tmp)).indexer()).index(
+            dataset.get_corpus_iter(), batch_size=encoding_chunk(encoder.batch_size))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         index = pyterrier_dr.FlexIndex(str(folder))

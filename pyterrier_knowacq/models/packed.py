@@ -8,7 +8,8 @@ output projection and feed-forward block for positions the caller discards (ColB
 
 The result equals ``encoder(input_ids, attention_mask).last_hidden_state`` at the positions of ``out_mask`` to float
 rounding (``tests/test_packed.py``); every other position is zero. Only used for inference; training keeps the
-standard forward.
+standard forward. An int8 copy (``quantize='int8'``, :mod:`~pyterrier_knowacq.models.quantize`) runs here too: its
+linear layers are int8 modules called as such, and Q/K/V come from its fused ``knowacq_qkv``.
 
 Example::
 
@@ -65,10 +66,8 @@ def packed_hidden_states(encoder, input_ids: torch.Tensor, attention_mask: torch
     for i, layer in enumerate(layers):
         att = layer.attention.self
         heads, dh = att.num_attention_heads, att.attention_head_size
-        w = torch.cat([att.query.weight, att.key.weight, att.value.weight])
-        b = torch.cat([att.query.bias, att.key.bias, att.value.bias])
-        qkv = x.new_zeros(B * L, w.shape[0])
-        qkv[where] = F.linear(x, w, b)
+        qkv = x.new_zeros(B * L, 3 * heads * dh)
+        qkv[where] = _qkv(att, x)
         q, k, v = qkv.view(B, L, 3, heads, dh).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         ctx = ctx.transpose(1, 2).reshape(B * L, heads * dh)[where]
@@ -80,6 +79,17 @@ def packed_hidden_states(encoder, input_ids: torch.Tensor, attention_mask: torch
     out = x.new_zeros(B * L, x.shape[-1])
     out[where] = x
     return out.view(B, L, -1)
+
+
+def _qkv(att, x: torch.Tensor) -> torch.Tensor:
+    """``[tokens, 3 * hidden]``: query, key and value projections of the packed tokens in one matmul; an int8 copy
+    (:mod:`~pyterrier_knowacq.models.quantize`) brings its own fused, quantised ``knowacq_qkv``."""
+    fused = getattr(att, 'knowacq_qkv', None)
+    if fused is not None:
+        return fused(x)
+    w = torch.cat([att.query.weight, att.key.weight, att.value.weight])
+    b = torch.cat([att.query.bias, att.key.bias, att.value.bias])
+    return F.linear(x, w, b)
 
 
 def _standard_forward(model, input_ids, attention_mask, token_type_ids):
