@@ -47,9 +47,12 @@ def test_shell_blocks_name_real_targets_and_commands(code):
             assert set(words[1:]) <= targets, f'README runs make {words[1:]}, the Makefile has {sorted(targets)}'
         elif words[0] == 'knowacq':
             parser().parse_args(words[1:])            # argparse exits (fails the test) on an unknown flag
-        elif words[0] == 'torchrun':
-            cli = words.index('pyterrier_knowacq.cli')
-            parser().parse_args(words[cli + 1:])
+        elif words[0] == 'torchrun':   # the CLI, or the sharded corpus encoder, each with its own argument parser
+            if 'pyterrier_knowacq.models.sharding' in words:
+                from pyterrier_knowacq.models.sharding import _parser
+                _parser().parse_args(words[words.index('pyterrier_knowacq.models.sharding') + 1:])
+            else:
+                parser().parse_args(words[words.index('pyterrier_knowacq.cli') + 1:])
         else:
             assert words[0] in {'pip', 'unset', 'export', 'cd', 'python', 'git'}, f'unchecked README command {words}'
             if words[0] == 'pip' and '-e' in words:
