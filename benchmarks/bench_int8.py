@@ -71,7 +71,7 @@ def workload(run, ce, **extra):
     return dict(describe(run), subset=f'first {run.qid.nunique()} DL19 queries (INT8_QUERIES)',
                 model='all-MiniLM-L6-v2 + seeded 1-logit head', max_length=MAXLEN, batch_size=BATCH,
                 mean_tokens_per_pair=round(tokens / len(run), 1),
-                machine_note='shared 2-core machine, loaded by other jobs during the run', **extra)
+                machine_note='shared 2-core machine: other jobs may load it (see the spread of the ratios)', **extra)
 
 
 def test_int8_vs_sentence_transformers(benchmark, run, ce_checkpoint, models):

@@ -5,7 +5,7 @@ token index (:func:`~pyterrier_knowacq.models.colbert_index.cached_index`).
 A benchmark, not a unit test (several minutes on 2 cores). Each (index, size) is built in a fresh process, through the
 same calls as a real run, from a synthetic collection (``{synthetic: {passages: N}}``, generated beforehand so that
 generating it is not measured) with tiny models (``tiny-bert``; ColBERT: ``tiny-bert`` with a seeded 32-dim
-projection). The child process meters the build with :class:`~pyterrier_knowacq._resources.ResourceLog` (sampled RSS
+projection), oneDNN's primitive cache off (:data:`ONEDNN`) unless the environment sets it. The child process meters the build with :class:`~pyterrier_knowacq._resources.ResourceLog` (sampled RSS
 plus the kernel's high-water mark ``VmHWM``): ``start_rss_mb`` (after the imports and the model), ``peak_rss_mb`` and
 ``growth_mb`` (peak - start). ``benchmarks/results/streaming.json`` (atomic) holds every run, the ratios of the
 peaks, and whether the goal is met::
@@ -32,6 +32,10 @@ KINDS = ('dense', 'colbert')
 GOAL = 1.15
 QUERIES = 100
 COLBERT_DIM = 32
+#: oneDNN's primitive cache (one entry per matrix shape, so it fills as packed inference meets new batch shapes) grows
+#: the process with the number of batches until its 1024 entries are full: 0, as the sharding entry point sets it
+#: (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024`` measures oneDNN's default)
+ONEDNN = 'ONEDNN_PRIMITIVE_CACHE_CAPACITY'
 
 
 def _spec(n: int) -> dict:
@@ -81,6 +85,7 @@ def main() -> dict:
         os.symlink(resolve_model('tiny-bert'), cache / 'models' / 'tiny-bert')
         env = dict(os.environ, KNOWACQ_CACHE=str(cache), HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
                    TOKENIZERS_PARALLELISM='false')
+        env.setdefault(ONEDNN, '0')
         os.environ['KNOWACQ_CACHE'] = str(cache)
         from pyterrier_knowacq.datasets.core import get_dataset
         from pyterrier_knowacq.models.colbert import ColBERTModel
@@ -110,7 +115,7 @@ def main() -> dict:
         ratios[kind] = round(peak[large] / peak[small], 3)
     result = {'benchmark': 'streaming', 'goal': {'max_peak_ratio': GOAL, 'sizes': [small, large],
                                                  'met': all(v <= GOAL for v in ratios.values())},
-              'peak_ratio': ratios, 'runs': runs,
+              'peak_ratio': ratios, 'runs': runs, 'env': {ONEDNN: env[ONEDNN]},
               'models': {'dense': 'tiny-bert (cls, max_length 256, batch 32)',
                          'colbert': f'tiny-bert + seeded {COLBERT_DIM}-dim projection (doc_maxlen 180, batch 32)'},
               'machine': {'platform': platform.platform(), 'python': platform.python_version(), 'cpus': os.cpu_count()},

@@ -121,7 +121,7 @@ def test_colbert_merged_index_equals_single_process(sharded, tmp_path, monkeypat
 def test_uneven_split_resume_and_foreign_shards(cache, tmp_path):
     """Three shards of four chunks (rank 0 gets two, the last chunk is short), encoded one after another in this
     process: the merge equals the single-process index; an encoded shard is not encoded again; shards of another
-    build or a missing rank are refused."""
+    build or a missing rank are refused, and a half-done split of another size beside them is left alone."""
     import pyterrier_dr
     from pyterrier_knowacq._util import KnowacqError
     from pyterrier_knowacq.datasets.core import get_dataset
@@ -142,7 +142,10 @@ def test_uneven_split_resume_and_foreign_shards(cache, tmp_path):
     other = dense_build(CORPUS, 'tiny-bert', out=tmp_path / 'other.flex', batch_size=16, max_length=32)
     with pytest.raises(KnowacqError, match='another build'):
         merge_shards(other, shards, verbose=False)
-    merge_shards(build, shards, verbose=False)
+    encode_shard(build, 1, 2, shards, verbose=False)                         # a half-done 2-way split beside it
+    with pytest.raises(KnowacqError, match=r'lacks the shards of ranks \[0\] of 2'):
+        merge_shards(build, shards, verbose=False, world=2)
+    merge_shards(build, shards, verbose=False)                               # the complete (3-way) split
     assert not shards.exists()
     merged = pyterrier_dr.FlexIndex(str(tmp_path / 'merged.flex'))
     assert np.array_equal(merged.payload()[1], single.payload()[1])

@@ -135,21 +135,24 @@ def _text(ctx, field: str = 'text'):
 
 
 @register_stage('ce')
-def _ce(ctx, model: str, batch_size: int = 32, max_length: int = 512):
-    """A point-wise cross-encoder re-ranker: a trained model of this experiment, a folder, or a hub id."""
+def _ce(ctx, model: str, batch_size: int = 32, max_length: int = 512, quantize: Optional[str] = None):
+    """A point-wise cross-encoder re-ranker: a trained model of this experiment, a folder, or a hub id;
+    ``quantize=int8`` scores with an int8 copy on the CPU (models/quantize.py)."""
     from ..models.crossencoder import CrossEncoder
-    return CrossEncoder.from_pretrained(ctx.model(model), batch_size=batch_size, max_length=max_length)
+    return CrossEncoder.from_pretrained(ctx.model(model), batch_size=batch_size, max_length=max_length,
+                                        quantize=quantize)
 
 
 @register_stage('biencoder')
 def _biencoder(ctx, model: str, pooling: Optional[str] = None, batch_size: int = 32, max_length: int = 256,
-               query_prefix: Optional[str] = None, doc_prefix: Optional[str] = None):
+               query_prefix: Optional[str] = None, doc_prefix: Optional[str] = None, quantize: Optional[str] = None):
     """Bi-encoder re-ranking (``bm25 >> text >> biencoder(model=minilm-l6)``); ``query_prefix``/``doc_prefix`` are put
-    before the texts (RepLLaMA: ``query_prefix="query: ", doc_prefix="passage: "``)."""
+    before the texts (RepLLaMA: ``query_prefix="query: ", doc_prefix="passage: "``); ``quantize=int8``: int8 on the
+    CPU."""
     from ..models.biencoder import BiEncoder
     prefixes = {k: v for k, v in (('query_prefix', query_prefix), ('doc_prefix', doc_prefix)) if v is not None}
     return BiEncoder.from_pretrained(ctx.model(model), pooling=pooling, batch_size=batch_size, max_length=max_length,
-                                     **prefixes).scorer()
+                                     quantize=quantize, **prefixes).scorer()
 
 
 @register_stage('dense')
@@ -161,11 +164,12 @@ def _dense(ctx, model: str, pooling: Optional[str] = None, k: int = 1000, batch_
 
 @register_stage('colbert')
 def _colbert(ctx, model: str = 'colbert-ir/colbertv2.0', batch_size: int = 32, doc_maxlen: Optional[int] = None,
-             query_maxlen: Optional[int] = None, backend: str = 'native'):
-    """``text >> colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id."""
+             query_maxlen: Optional[int] = None, backend: str = 'native', quantize: Optional[str] = None):
+    """``text >> colbert(model=NAME)``: NAME is a trained model of this experiment, a checkpoint folder or a hub id;
+    ``quantize=int8``: int8 on the CPU (native backend)."""
     from ..models.colbert import ColBERT
     return ColBERT(ctx.colbert_model(model), batch_size=batch_size, doc_maxlen=doc_maxlen,
-                   query_maxlen=query_maxlen, backend=backend)
+                   query_maxlen=query_maxlen, backend=backend, quantize=quantize)
 
 
 @register_stage('colbert_retrieve')

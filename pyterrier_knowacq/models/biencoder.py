@@ -157,8 +157,8 @@ class BiEncoder(ModelArtifact, pyterrier_dr.BiEncoder):
             if m is not None:
                 m.to(self.device).eval()
         # int8 copies for inference (sharing the fp32 embeddings); the fp32 encoders train and are saved
-        self._int8 = {role: quantized_copy(m) for role, m in (('doc', self.model), ('query', self.query_model))
-                      if m is not None} if self.quantize else {}
+        self._int8 = {role: quantized_copy(m, tokenizer=tokenizer) for role, m in
+                      (('doc', self.model), ('query', self.query_model)) if m is not None} if self.quantize else {}
 
     # -- construction and IO (the family contract)
     @classmethod

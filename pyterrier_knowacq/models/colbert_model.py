@@ -138,7 +138,8 @@ class ColBERTModel(_torch().nn.Module, ModelArtifact):
         object.__setattr__(self, 'quantize', quantize)
         object.__setattr__(self, '_int8', None)
         if quantize:
-            object.__setattr__(self, '_int8', quantized_copy(self, share=(self.tokenizer,)))
+            int8 = quantized_copy(self, share=(self.tokenizer,), tokenizer=self.tokenizer)
+            object.__setattr__(self, '_int8', int8)
 
     def quantized(self, quantize: Optional[str]) -> 'ColBERTModel':
         """This model with ``quantize`` (``'int8'`` or ``None``): ``self`` when it already has it, else a shallow copy

@@ -128,7 +128,7 @@ class CrossEncoder(ModelArtifact, pt.Transformer):
         self.quantize = check_quantize(quantize, self.device)
         self.model.to(self.device).eval()
         # the int8 copy scores; self.model (fp32, sharing the copy's embeddings and head) is what save() writes
-        self._int8 = quantized_copy(self.model) if self.quantize else None
+        self._int8 = quantized_copy(self.model, tokenizer=tokenizer, pairs=True) if self.quantize else None
 
     # -- construction
     @classmethod

@@ -131,10 +131,12 @@ def encode_shard(build: Build, rank: int, world: int, shards_dir=None, verbose: 
     return folder
 
 
-def merge_shards(build: Build, shards_dir=None, keep_shards: bool = False, verbose: bool = True) -> Path:
-    """Write the index at ``build.out`` from the shards, in corpus order; the shards are removed afterwards."""
+def merge_shards(build: Build, shards_dir=None, keep_shards: bool = False, verbose: bool = True,
+                 world: Optional[int] = None) -> Path:
+    """Write the index at ``build.out`` from the shards (split ``world`` ways; ``None``: the split whose shards are
+    all there), in corpus order; the shards are removed afterwards."""
     folder = _shards_dir(build, shards_dir)
-    build.write(merged_records(folder, build.key))
+    build.write(merged_records(folder, build.key, world))
     if not keep_shards:
         shutil.rmtree(folder, ignore_errors=True)
     _say(verbose, f'merged the shards of {folder.name} into {build.out}')
@@ -143,8 +145,10 @@ def merge_shards(build: Build, shards_dir=None, keep_shards: bool = False, verbo
 
 def run_sharded(build: Build, rank: int = 0, world: int = 1, *, shards_dir=None, encode: bool = True,
                 merge: bool = True, keep_shards: bool = False, overwrite: bool = False,
-                barrier: Optional[Callable[[], None]] = None, verbose: bool = True) -> Path:
-    """Encode this rank's shard, wait for every rank (``barrier``), and merge on rank 0; a built index is kept."""
+                barrier: Optional[Callable[[], None]] = None, verbose: bool = True,
+                merge_world: Optional[int] = None) -> Path:
+    """Encode this rank's shard, wait for every rank (``barrier``), and merge on rank 0; a built index is kept.
+    ``merge_world``: the split to merge when not encoding (default: the one whose shards are all there)."""
     if build.built() and not overwrite:
         _say(verbose and rank == 0, f'{build.out} is already built; nothing to do (--overwrite rebuilds it)')
         return build.out
@@ -153,7 +157,7 @@ def run_sharded(build: Build, rank: int = 0, world: int = 1, *, shards_dir=None,
     if barrier is not None:
         barrier()
     if merge and rank == 0:
-        merge_shards(build, shards_dir, keep_shards, verbose)
+        merge_shards(build, shards_dir, keep_shards, verbose, world=world if encode else merge_world)
     if barrier is not None:
         barrier()
     return build.out
@@ -195,7 +199,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: oneDNN (torch's CPU matmuls) caches a primitive per matrix shape; unpadded (packed) inference makes a new shape for
+#: nearly every batch, so over a corpus the cache only grows the process (benchmarks/bench_streaming.py, 200k passages:
+#: +90 MB dense, +115 MB ColBERT), for no speed. oneDNN reads it at its first matmul: set before any encoding.
+ONEDNN_CACHE = ('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '0')
+
+
 def main(argv=None) -> int:
+    os.environ.setdefault(*ONEDNN_CACHE)
     args = _parser().parse_args(argv)
     env_world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = args.rank if args.rank is not None else int(os.environ.get('RANK', '0'))
@@ -213,16 +224,17 @@ def main(argv=None) -> int:
         import torch
         device = f'cuda:{int(os.environ.get("LOCAL_RANK", rank))}' if torch.cuda.is_available() else 'cpu'
     verbose = not args.quiet
-    if args.kind == 'dense':
-        build = dense_build(args.dataset, args.model, pooling=args.pooling, batch_size=args.batch_size,
-                            max_length=args.max_length, out=args.out, device=device)
-    else:
-        build = colbert_build(args.dataset, args.model, batch_size=args.batch_size, chunk_docs=args.chunk_docs,
-                              max_docs=args.max_docs, faiss_index=args.faiss_index, out=args.out, device=device)
     merge = not args.no_merge and (args.rank is None or args.merge_only)
     try:
+        if args.kind == 'dense':
+            build = dense_build(args.dataset, args.model, pooling=args.pooling, batch_size=args.batch_size,
+                                max_length=args.max_length, out=args.out, device=device)
+        else:
+            build = colbert_build(args.dataset, args.model, batch_size=args.batch_size, chunk_docs=args.chunk_docs,
+                                  max_docs=args.max_docs, faiss_index=args.faiss_index, out=args.out, device=device)
         run_sharded(build, rank, world, shards_dir=args.shards, encode=not args.merge_only, merge=merge,
-                    keep_shards=args.keep_shards, overwrite=args.overwrite, barrier=barrier, verbose=verbose)
+                    keep_shards=args.keep_shards, overwrite=args.overwrite, barrier=barrier, verbose=verbose,
+                    merge_world=args.world)
     except KnowacqError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2

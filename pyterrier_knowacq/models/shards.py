@@ -121,9 +121,10 @@ def _expected_docs(meta: Dict) -> int:
     return sum(min(chunk, total - c * chunk) for c in range(rank, meta['chunks_total'], world))
 
 
-def shard_metas(shards_dir: Path, key: str) -> List[Dict]:
-    """The ``shard.json`` of every shard of the build ``key`` in ``shards_dir``, rank order, checked to belong together:
-    all ranks present, the same world, chunking and corpus totals, each shard holding its chunks' documents."""
+def shard_metas(shards_dir: Path, key: str, world: Optional[int] = None) -> List[Dict]:
+    """The ``shard.json`` of every shard of the build ``key`` split ``world`` ways in ``shards_dir``, rank order,
+    checked to belong together: all ranks present, the same chunking and corpus totals, each shard holding its chunks'
+    documents. ``world=None``: the one split whose shards are all there."""
     shards_dir = Path(shards_dir)
     metas = [m for m in (read_shard_meta(p) for p in sorted(shards_dir.glob('shard-*-of-*'))) if m is not None]
     fix = 'run the encoding again (it re-encodes only the missing shards)'
@@ -134,8 +135,16 @@ def shard_metas(shards_dir: Path, key: str) -> List[Dict]:
     if not metas:
         raise KnowacqError(f'the shards in {shards_dir} belong to another build (corpus, model or settings) than this '
                            f'one; remove the folder and {fix}')
-    world = metas[0]['world']
-    metas = [m for m in metas if m['world'] == world]
+    groups: Dict[int, List[Dict]] = {}
+    for m in metas:
+        groups.setdefault(m['world'], []).append(m)
+    if world is None:
+        complete = [w for w, ms in groups.items() if {m['rank'] for m in ms} == set(range(w))]
+        if len(complete) > 1:
+            raise KnowacqError(f'{shards_dir} holds complete shards of this build split {sorted(complete)} ways; '
+                               'name the split to merge (--world N)')
+        world = complete[0] if complete else max(groups, key=lambda w: len(groups[w]) / w)
+    metas = groups.get(world, [])
     missing = sorted(set(range(world)) - {m['rank'] for m in metas})
     if missing:
         raise KnowacqError(f'{shards_dir} lacks the shards of ranks {missing[:8]} of {world}; {fix}'
@@ -181,10 +190,11 @@ class _ShardReader:
             f.close()
 
 
-def merged_records(shards_dir: Path, key: str) -> Iterator[Dict]:
-    """``{'docno', field}`` records of every shard of build ``key``, in corpus order (see the module docstring)."""
+def merged_records(shards_dir: Path, key: str, world: Optional[int] = None) -> Iterator[Dict]:
+    """``{'docno', field}`` records of every shard of build ``key`` (split ``world`` ways; ``None``: the complete
+    split), in corpus order (see the module docstring)."""
     shards_dir = Path(shards_dir)
-    metas = shard_metas(shards_dir, key)
+    metas = shard_metas(shards_dir, key, world)
     first = metas[0]
     world, chunk, total, field = first['world'], first['chunk'], first['docs_total'], first['field']
     shaped = [m for m in metas if m['num_docs']]
