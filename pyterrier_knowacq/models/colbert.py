@@ -314,14 +314,3 @@ def _load_adapter(backend: str, checkpoint: str, owner: 'ColBERT'):
         return out.reindex(range(len(texts))).to_numpy()
     return score
 
-
-def _stage_model(ctx, model: str):
-    """The checkpoint a stage uses: a trained model of this fold, a folder or a hub id; dry runs get a tiny ColBERT."""
-    name = ctx.model(model) if hasattr(ctx, 'model') else (getattr(ctx, 'models', None) or {}).get(model, model)
-    if getattr(ctx, 'dry_run', False) and not (Path(str(name)) / 'artifact.metadata').exists():
-        from .._util import cache_dir
-        folder = cache_dir('models') / 'tiny-colbert'
-        if not (folder / 'knowacq.json').exists():
-            ColBERTModel.new('tiny-bert', dim=16, seed=0).save(folder)
-        return str(folder)
-    return str(name)
