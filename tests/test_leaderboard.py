@@ -670,3 +670,68 @@ def test_shipped_site_builds_fast_deterministic_and_clean(tmp_path):
     assert len(dl19) == 1 and len(dl19[0]['experiments']) >= 2
     for path, text in _published_text(tmp_path / 'a'):
         assert not ABSOLUTE.search(text), (path, ABSOLUTE.search(text).group(0))
+
+
+# --- data fingerprints of results older than their recording (leaderboard/backfill.py) ---------------------------
+
+def _git(cwd, *args):
+    import subprocess
+    return subprocess.run(['git', '-C', str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_backfill_fills_only_what_git_proves(tmp_path):
+    from pyterrier_knowacq.datasets.registry import get_dataset
+    from pyterrier_knowacq.leaderboard.backfill import backfill_meta, repository_root
+    root = repository_root()
+    if root is None:
+        pytest.skip('not a git checkout')
+    head = _git(root, 'rev-parse', 'HEAD')
+    meta = {'git_commit': head, 'collections': [
+        {'name': 'dl19', 'dataset': 'msmarco-passage'},
+        {'name': 'mine', 'dataset': 'beir-folder-abc'},
+        {'name': 'dl20', 'dataset': 'msmarco-passage', 'dataset_fingerprint': 'kept'}]}
+    filled, lines = backfill_meta(meta)
+    assert meta['collections'][0].get('dataset_fingerprint') is None   # the input is not changed
+    dl19, mine, dl20 = filled['collections']
+    dirty = _git(root, 'status', '--porcelain', '--ignored', '--untracked-files=all', '--',
+                 'pyterrier_knowacq/data/msmarco-passage')
+    if dirty:
+        pytest.skip('the embedded MS MARCO folder differs from HEAD in this checkout')
+    assert dl19['dataset_fingerprint'] == get_dataset('msmarco-passage').fingerprint()
+    assert 'backfilled' in dl19['dataset_fingerprint_source'] and head[:12] in dl19['dataset_fingerprint_source']
+    assert 'dataset_fingerprint' not in mine and dl20['dataset_fingerprint'] == 'kept'
+    assert any("'beir-folder-abc' is not embedded" in line for line in lines) and len(lines) == 2
+    for commit, why in ((head + '-dirty', 'not a clean commit'), ('0' * 40, 'is not in this repository'),
+                        (None, 'unrecorded is not a clean commit')):
+        out, lines = backfill_meta({**meta, 'git_commit': commit})
+        assert 'dataset_fingerprint' not in out['collections'][0] and why in lines[0], (commit, lines)
+
+
+def test_backfill_refuses_data_that_changed_since_the_commit(tmp_path):
+    from pyterrier_knowacq.leaderboard.backfill import _identical_since
+    repo = tmp_path / 'repo'
+    (repo / 'data').mkdir(parents=True)
+    (repo / 'data' / 'qrels.txt').write_text('1 0 d1 1\n')
+    _git(tmp_path, 'init', '-q', str(repo))
+    _git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'add', '.')
+    _git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'a')
+    first = _git(repo, 'rev-parse', 'HEAD')
+    assert _identical_since(repo, first, repo / 'data') == (True, '')
+    (repo / 'data' / 'extra.txt').write_text('x')   # an untracked file the fingerprint would read
+    ok, why = _identical_since(repo, first, repo / 'data')
+    assert not ok and 'differs from HEAD in the working tree' in why
+    (repo / 'data' / 'qrels.txt').write_text('1 0 d1 2\n')
+    _git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'b')
+    (repo / 'data' / 'extra.txt').unlink()
+    ok, why = _identical_since(repo, first, repo / 'data')
+    assert not ok and 'changed between' in why
+
+
+def test_shipped_archives_record_the_data_of_every_collection():
+    """Every shipped results folder says which data it ran on, so one collection is one table."""
+    import tarfile
+    for archive in sorted(SHIPPED.glob('*.tar.gz')):
+        with tarfile.open(archive) as tar:
+            meta = next(json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith('/meta.json'))
+        for coll in meta['collections']:
+            assert coll.get('dataset_fingerprint'), (archive.name, coll['name'])

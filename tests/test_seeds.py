@@ -136,6 +136,29 @@ def test_report_tests_over_queries_and_shows_the_seed_variance(seeded):
     assert json.loads((seeded / 'report.json').read_text())['seed_variance'][0]['system'] == 'BM25 >> C'
 
 
+def test_cli_report_and_leaderboard_show_the_seed_variance(seeded, tmp_path):
+    """`knowacq report` (the dispatcher) keeps the seed rows in report.json, and the study page renders them as a
+    table with the same numbers (include_smoke: the CI grid is a smoke experiment)."""
+    import shutil
+    from pyterrier_knowacq.leaderboard.build import build_site
+    from pyterrier_knowacq.reports.dispatch import write_report
+    from pyterrier_knowacq.reports.multistage import seed_table
+    folder = tmp_path / 'multistage-seeds-ci'
+    shutil.copytree(seeded, folder)
+    write_report([folder])
+    stored = json.loads((folder / 'report.json').read_text())['seed_variance']
+    table = seed_table(folder)
+    assert [(r['system'], r['collection'], r['mean']) for r in stored] == \
+        [(r['system'], r['collection'], pytest.approx(r['mean'])) for r in table]
+    site = build_site([folder], tmp_path / 'site', include_smoke=True).parent
+    page = next((site / 'studies').glob('multistage-*.html')).read_text()
+    section = page[page.index('<h3>Seed variance'):]
+    section = section[:section.index('</table>')]
+    first = table[0]
+    assert 'BM25 &gt;&gt; C' in section and '>seed 1<' in section and '>seed 2<' in section
+    assert f'{first["mean"]:.4f} ± {first["sd"]:.4f}' in section and f'>{first["values"][2]:.4f}<' in section
+
+
 def test_seed_table_from_an_inline_folder(tmp_path):
     """mean ± sd over seeds of each seed's mean over queries; seed-independent systems are left out."""
     from pyterrier_knowacq.reports.multistage import seed_markdown, seed_table

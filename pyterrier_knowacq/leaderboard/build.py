@@ -257,8 +257,11 @@ def run(args) -> Path:
         dest = Path(args.output) if args.output else Path(os.path.realpath(assets_dir())) / 'results'
         last = None
         for folder in args.results:
-            last = pack_results(folder, dest)
+            notes: List[str] = []
+            last = pack_results(folder, dest, notes=notes)
             print(f'[knowacq] packed {folder} -> {last} ({last.stat().st_size / 1024:.0f} KiB)')
+            for line in notes:
+                print(f'[knowacq]   data fingerprint of {line}')
         return last
     if args.shipped or (not args.results and args.output is None):
         index = build_shipped(args.output, include_smoke=args.include_smoke)

@@ -164,6 +164,7 @@ class ExperimentData:
     report_md: Optional[str]
     problems: List[str] = field(default_factory=list)
     label: str = ''   # how pages name the folder: a relative path or its name, never an absolute path
+    seed_variance: List[Dict] = field(default_factory=list)   # report.json's per-seed rows (several seeds only)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -244,12 +245,13 @@ def read_experiment(folder: Path, source_id: str, origin: str, label: Optional[s
             collections.append(read_collection(folder, info if isinstance(info, dict) else {'name': str(info)}, meta))
         except FolderProblem as e:
             problems.append(str(e).replace(str(folder), origin))
-    claims = []
+    claims, seed_variance = [], []
     report = folder / results.REPORT_JSON
     if report.is_file():
         try:
             data = json.loads(report.read_text(encoding='utf-8'))
             claims = [c for c in (data.get('claims', []) if isinstance(data, dict) else data) if isinstance(c, dict)]
+            seed_variance = _seed_rows(data.get('seed_variance') if isinstance(data, dict) else None)
         except (ValueError, UnicodeDecodeError) as e:
             problems.append(f'{origin}/{results.REPORT_JSON} is not valid JSON ({e}); its claims are left out')
     plots = sorted(p.name for p in folder.glob(f'{results.PLOTS}/*') if p.suffix in ('.png', '.svg') and p.is_file())
@@ -267,6 +269,15 @@ def read_experiment(folder: Path, source_id: str, origin: str, label: Optional[s
     report_md = (folder / results.REPORT_MD).read_text(encoding='utf-8', errors='replace') \
         if (folder / results.REPORT_MD).is_file() else None
     return ExperimentData(source_id, origin, folder, meta, config_yaml, collections, claims, plots, tables,
-                          report_md, problems, label or origin)
+                          report_md, problems, label or origin, seed_variance)
+
+
+def _seed_rows(rows) -> List[Dict]:
+    """report.json's seed-variance rows that have the expected shape (others are dropped rather than half-shown)."""
+    out = []
+    for r in rows if isinstance(rows, list) else []:
+        if isinstance(r, dict) and isinstance(r.get('values'), dict) and isinstance(r.get('mean'), (int, float)):
+            out.append(r)
+    return out
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from .. import results
 from .._util import KnowacqError
@@ -34,10 +35,13 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def pack_results(folder: Union[str, Path], dest: Union[str, Path], name: Optional[str] = None) -> Path:
+def pack_results(folder: Union[str, Path], dest: Union[str, Path], name: Optional[str] = None,
+                 notes: Optional[List[str]] = None) -> Path:
     """Write ``dest/<name>.tar.gz`` (default name: the experiment's slug) holding the files of ``folder`` that the site
     shows (:data:`PACK_PATTERNS`: one format per plot, SVG first; no run files), text files scrubbed of absolute paths
-    and host names; byte-for-byte the same for the same folder. Returns the archive's path."""
+    and host names; byte-for-byte the same for the same folder. A collection whose meta.json records no data
+    fingerprint gets the one git proves (:mod:`.backfill`); what was filled, or why not, is appended to ``notes``.
+    Returns the archive's path."""
     folder = Path(folder)
     try:
         meta = read_meta(folder)
@@ -57,6 +61,8 @@ def pack_results(folder: Union[str, Path], dest: Union[str, Path], name: Optiona
     with tarfile.open(fileobj=raw, mode='w', format=tarfile.PAX_FORMAT) as tar:
         for rel in files:
             data = (folder / rel).read_bytes()
+            if rel.as_posix() == results.META:
+                data = _backfilled_meta(data, notes)
             if rel.suffix.lower() in TEXT_SUFFIXES:
                 data = public_text(data.decode('utf-8', errors='surrogateescape')).encode('utf-8', errors='surrogateescape')
             tar.addfile(_tar_info(f'{name}/{rel.as_posix()}', len(data)), io.BytesIO(data))
@@ -65,3 +71,15 @@ def pack_results(folder: Union[str, Path], dest: Union[str, Path], name: Optiona
         gz.write(raw.getvalue())
     os.replace(tmp, target)
     return target
+
+
+def _backfilled_meta(data: bytes, notes: Optional[List[str]]) -> bytes:
+    """meta.json with the data fingerprints git proves filled in (unchanged bytes when there is nothing to fill)."""
+    from .backfill import backfill_meta
+    meta = json.loads(data.decode('utf-8'))
+    filled, lines = backfill_meta(meta)
+    if notes is not None:
+        notes.extend(lines)
+    if filled == meta:
+        return data
+    return (json.dumps(filled, indent=2, ensure_ascii=False) + '\n').encode('utf-8')

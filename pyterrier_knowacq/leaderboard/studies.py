@@ -18,7 +18,7 @@ import pandas as pd
 from .. import results
 from .data import ALPHA, ExperimentData, short_hash, slugify
 
-__all__ = ['studies', 'plot_entries', 'image_size', 'format_number', 'TABLE_ROWS', 'ALPHA_TEXT']
+__all__ = ['studies', 'seed_entries', 'plot_entries', 'image_size', 'format_number', 'TABLE_ROWS', 'ALPHA_TEXT']
 
 
 # --- studies ----------------------------------------------------------------------------------------------------
@@ -37,10 +37,28 @@ def studies(experiments: List[ExperimentData], systems: List[Dict]) -> List[Dict
             'tables': [{'name': t, 'file': f'sources/{exp.source_id}/{results.TABLES}/{t}',
                         'frame': _small_table(exp.folder / results.TABLES / t)} for t in exp.tables],
             'report_md': exp.report_md,
+            'seeds': seed_entries(exp.seed_variance),
             'systems': [s for s in systems if s['source_id'] == exp.source_id]})
     for st in by_study.values():
         st['page'] = f'studies/{st["id"]}.html'
     return sorted(by_study.values(), key=lambda s: s['name'])
+
+
+def seed_entries(rows: List[Dict]) -> Optional[Dict]:
+    """The seed-variance table of a study page: the seeds as columns, one row per system and query set, each cell
+    formatted to 4 decimals (None when the experiment ran one seed)."""
+    if not rows:
+        return None
+    seeds = sorted({str(s) for r in rows for s in r['values']}, key=lambda s: (len(s), s))
+    out = []
+    for r in rows:
+        values = {str(k): v for k, v in r['values'].items()}
+        sd = r.get('sd')
+        out.append({'system': str(r.get('system', '')), 'collection': str(r.get('collection', '')),
+                    'queries': r.get('queries'), 'mean': float(r['mean']),
+                    'sd': float(sd) if isinstance(sd, (int, float)) else None,
+                    'cells': [float(values[s]) if isinstance(values.get(s), (int, float)) else None for s in seeds]})
+    return {'seeds': seeds, 'rows': out}
 
 
 PLOT_PREFERENCE = ('.svg', '.png')

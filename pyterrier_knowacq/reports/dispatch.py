@@ -82,6 +82,13 @@ def _seed_section(folder, meta) -> str:
     return '\n' + section + '\n' if section else ''
 
 
+def _seed_rows(folder, meta) -> List[Dict]:
+    """The study's seed-variance rows for report.json (the leaderboard's study page shows them); [] without seeds."""
+    module = _study_module(meta.get('study', 'spine'))
+    fn = getattr(module, 'seed_table', None) if module is not None else None
+    return fn(folder) if fn is not None and meta.get('seeds') else []
+
+
 def write_report(folders) -> str:
     """Write ``report.md`` / ``report.json`` into each folder that has study claims; return the combined markdown."""
     parts = []
@@ -99,7 +106,9 @@ def write_report(folders) -> str:
             text += '\n' + method + '\n'
         text += _seed_section(folder, meta)
         if claims:
-            atomic_write_json(Path(folder) / results.REPORT_JSON, {'claims': claims, 'method': method})
+            variance = _seed_rows(folder, meta)
+            atomic_write_json(Path(folder) / results.REPORT_JSON, {'claims': claims, 'method': method,
+                                                                   **({'seed_variance': variance} if variance else {})})
             atomic_write_text(Path(folder) / results.REPORT_MD, text)
         parts.append(text)
     return '\n'.join(parts)
