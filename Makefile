@@ -38,7 +38,7 @@ test-all: install-test
 	$(PY) -m pytest -q -p no:cacheprovider --runslow --benchmark-disable
 
 # the protocol benchmarks (benchmarks/protocol.py: warm-up, >= 7 interleaved rounds of >= 3 s per side, median ratio
-# with a bootstrap interval) -> benchmarks/results/*.json, then the README's speed table on stdout. About 45 min on 2
+# with a bootstrap interval) -> benchmarks/results/*.json, then the README's speed table on stdout. About 60 min on 2
 # cores: run it on a quiet machine. ColBERT runs in its own process with pylate's pins first on PYTHONPATH
 # (scripts/install-bench-deps.sh), so the other benchmarks keep the main environment's sentence-transformers.
 # The other benchmarks (bench_training.py, bench_dedup.py) run with pytest directly, as their docstrings say.

@@ -151,3 +151,20 @@ def test_run_benchmark_reports_without_asserting_the_goal(tmp_path, monkeypatch)
     assert res['goal']['met'] is False                                       # reported, not failed
     assert bench.extra_info['ratio_median'] == 0.5 and bench.extra_info['goal']['met'] is False
     assert (tmp_path / 'slow.json').exists()
+
+
+def test_summary_of_several_runs_gives_each_run_and_the_median_of_their_medians(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('bench_summary', Path(__file__).resolve().parents[1] / 'benchmarks' / 'summary.py')
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    for run, ours in enumerate((0.5, 0.8, 0.4)):   # peer 1.0 s: ratios 2.0, 1.25, 2.5
+        clock = FakeClock()
+        protocol.compare('cross_encoder', clock.side('ours', [ours]), clock.side('peer', [1.0]), goal=1.5,
+                         workload={'pairs': 10, 'queries': 1}, ours_label='A', peer_label='B', rounds=7,
+                         min_round_s=3.0, threads=1, pin_threads=False, out_dir=tmp_path / str(run), clock=clock,
+                         log=quiet)
+    (tmp_path / '0' / 'int8_effectiveness.json').write_text('{"rows": []}')   # not a protocol result: no row
+    summary.main(*(str(tmp_path / str(r)) for r in range(3)))
+    out = capsys.readouterr().out
+    assert '| run 1 | run 2 | run 3 | median of the runs |' in out
+    assert '| A vs B | 2.00x (2.00–2.00) | 1.25x (1.25–1.25) | 2.50x (2.50–2.50) | **2.00x** | >= 1.5x | 2 of 3 runs |' in out
