@@ -238,3 +238,51 @@ def test_ci_file_runs_the_real_study_small(cache, tmp_path):
     pll = pd.read_csv(out / 'tables' / 'knowedit_pll.csv')
     assert set(pll.arm) == {'unedited', 'suppress-H', 'suppress-C', 'unlearn-H', 'unlearn-C'}
     assert pll['PLL'].notna().all() and (pll['PLL'] < 0).all()
+
+
+def _synthetic_study(h_specific: bool, seed: int = 0):
+    """Ranks, per-query measures and PLL of five arms; the edits lower H's PLL more than C's only if ``h_specific``."""
+    rng = np.random.default_rng(seed)
+    arms = ['unedited', 'suppress-H', 'suppress-C', 'unlearn-H', 'unlearn-C']
+    rank_rows, query_rows, pll_rows = [], [], []
+    for s in ('H', 'C'):
+        base_rank = rng.uniform(2, 8, 60)
+        base_pll = rng.normal(-8, 0.5, 60)
+        for arm in arms:
+            edited = arm != 'unedited' and arm.endswith(f'-{s}')
+            drop = (1.0 if edited else 0.1) if h_specific else (0.1 if edited else 1.0)
+            drop = 0.0 if arm == 'unedited' else drop
+            for i in range(60):
+                rank_rows.append({'stage': 'fine-tuned', 'arm': arm, 'set': s, 'docno': f'{s}{i}', 'qid': f'{s}q{i % 12}',
+                                  'log2_rank': base_rank[i] + rng.normal(0, 0.01)})
+                pll_rows.append({'arm': arm, 'set': s, 'docno': f'{s}{i}', 'PLL': base_pll[i] - drop + rng.normal(0, 0.02)})
+            for q in range(12):
+                query_rows.append({'stage': 'fine-tuned', 'arm': arm, 'set': s, 'qid': f'{s}q{q}',
+                                   'R_set@100': 0.5 + rng.normal(0, 0.01), 'nDCG@10': 0.5 + rng.normal(0, 0.01)})
+    return pd.DataFrame(rank_rows), pd.DataFrame(query_rows), pd.DataFrame(pll_rows)
+
+
+@pytest.mark.parametrize('h_specific', [True, False])
+def test_retrievability_claims_say_when_the_edit_check_failed(h_specific):
+    """A retrievability claim is about *removed* knowledge only if the edit removed H more than C: where the PLL check
+    does not support that, the claim carries a precondition note (first in its detail), and its verdict stays the
+    verdict on the measured ranks."""
+    from pyterrier_knowacq.analysis import knowedit_eval as ev
+    ranks, queries, pll = _synthetic_study(h_specific)
+    found = {c['id']: c for c in ev.claims(ev.comparisons(ranks, queries, pll))}
+    effect = found['suppress_effect']['verdict'], found['unlearn_effect']['verdict']
+    persists = [found[k] for k in ('suppress_persists', 'unlearn_persists', 'removed_stays_unretrievable')]
+    if h_specific:
+        assert effect == ('supported (lower)', 'supported (lower)')
+        assert not any('precondition' in c for c in persists)
+    else:
+        assert effect == ('different, opposite direction',) * 2
+        for c in persists:
+            assert c['precondition'].startswith('precondition not met: the ')
+            assert c['detail'].startswith(c['precondition'])
+            assert c['verdict'].startswith('equivalent')     # the ranks did not move: that verdict is kept
+        assert 'suppress edit check' in found['suppress_persists']['precondition']
+        assert 'unlearn' not in found['suppress_persists']['precondition']
+        assert 'suppress' in found['removed_stays_unretrievable']['precondition'] \
+            and 'unlearn' in found['removed_stays_unretrievable']['precondition']
+    assert not any('precondition' in found[k] for k in ('suppress_effect', 'unlearn_effect'))

@@ -205,12 +205,15 @@ def claims(table: pd.DataFrame, *, stages: Sequence[str] = ('fine-tuned',)) -> L
     names = {'suppress': 'zeroing the FFN neurons integrated gradients attribute to H',
              'unlearn': 'gradient ascent on the masked-LM loss of H'}
     pll_test = 'Wilcoxon signed-rank per passage on PLL, Holm across the arms; TOST paired t'
+    failed = {}     # family -> the edit check's verdict, where it did not show the edit removed H more than C
     for family, how in names.items():
         parts = [_part(table, 'edited backbone', 'H', f'{family}-H', f'{family}-C', 'PLL'),
                  _part(table, 'edited backbone', 'C', f'{family}-C', f'{family}-H', 'PLL')]
         out.append(_claim(f'{family}_effect', f'{how} lowers the pseudo-log-likelihood of H more than the matched edit '
                           'for C does (and the C edit lowers C more)', 'less', parts,
                           f'no PLL of the {family} arms', _ours, pll_test))
+        if out[-1]['verdict'] != stats.SUPPORTED.format(direction='lower'):
+            failed[family] = out[-1]['verdict']
     for stage in stages:
         tag = '' if stage == 'fine-tuned' else f'_{stage.replace(" ", "_")}'
         when = 'after fine-tuning' if stage == 'fine-tuned' else f'({stage})'
@@ -225,7 +228,24 @@ def claims(table: pd.DataFrame, *, stages: Sequence[str] = ('fine-tuned',)) -> L
         out.append(_claim(f'removed_stays_unretrievable{tag}', f'removed knowledge stays unretrievable {when} '
                           '(both edits, every control)', 'greater', all_parts, f'no retrieval at stage {stage!r}',
                           _ours, RANK_TEST))
-    return _clean(out)
+    return _clean([_precondition(c, failed) for c in out])
+
+
+def _precondition(claim: Dict, failed: Dict[str, str]) -> Dict:
+    """A retrievability claim presupposes an edit that removed H more than C. Where the edit check did not show that,
+    the claim keeps its verdict on the measured ranks but says, in ``precondition`` and first in ``detail``, that it
+    tests a non-specific edit, so a reader cannot take it as evidence about *removed* knowledge."""
+    cid = claim['id']
+    if '_effect' in cid or not failed:
+        return claim
+    families = [f for f in failed if cid.startswith(f'{f}_')] or (list(failed) if cid.startswith('removed_') else [])
+    if not families:
+        return claim
+    why = '; '.join(f'the {f} edit check is "{failed[f]}"' for f in families)
+    note = (f'precondition not met: {why}, so the check did not show that the edit removed H more than C, and this '
+            'claim measures retrievability after an edit that was not shown to be specific to H, not of removed '
+            'knowledge')
+    return {**claim, 'precondition': note, 'detail': f'{note}. {claim["detail"]}'}
 
 
 # ------------------------------------------------------------------------------------------------------------ plots
