@@ -9,6 +9,7 @@ Example::
 """
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -57,8 +58,7 @@ def runs_table(folders):
             met += bool((r[name]['goal'] or {}).get('met'))
             cells.append(f'{s["median"]:.2f}x ({s["min"]:.2f}–{s["max"]:.2f}){" unstable" if s["unstable"] else ""}')
         first = runs[0][name]
-        mid = sorted(medians)[len(medians) // 2] if len(medians) % 2 else \
-            (sorted(medians)[len(medians) // 2 - 1] + sorted(medians)[len(medians) // 2]) / 2
+        mid = statistics.median(medians)
         print(f'| {first["ours"]} vs {first["peer"]} | ' + ' | '.join(cells) + f' | **{mid:.2f}x** | '
               f'{(first["goal"] or {}).get("text", "–")} | {met} of {len(runs)} runs |')
     dates = ', '.join(sorted({r[names[0]]['date'][:16] for r in runs}))

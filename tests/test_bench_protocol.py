@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    'bench_protocol', Path(__file__).resolve().parents[1] / 'benchmarks' / 'protocol.py')
-protocol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(protocol)
+def _bench_module(name: str):
+    """A module of benchmarks/ (not a package: the benchmarks put their folder on sys.path themselves)."""
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', Path(__file__).resolve().parents[1] / 'benchmarks' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _bench_module('protocol')
 
 
 class FakeClock:
@@ -154,9 +159,7 @@ def test_run_benchmark_reports_without_asserting_the_goal(tmp_path, monkeypatch)
 
 
 def test_summary_of_several_runs_gives_each_run_and_the_median_of_their_medians(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('bench_summary', Path(__file__).resolve().parents[1] / 'benchmarks' / 'summary.py')
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    summary = _bench_module('summary')
     for run, ours in enumerate((0.5, 0.8, 0.4)):   # peer 1.0 s: ratios 2.0, 1.25, 2.5
         clock = FakeClock()
         protocol.compare('cross_encoder', clock.side('ours', [ours]), clock.side('peer', [1.0]), goal=1.5,

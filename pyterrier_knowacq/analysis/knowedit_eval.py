@@ -221,27 +221,26 @@ def claims(table: pd.DataFrame, *, stages: Sequence[str] = ('fine-tuned',)) -> L
         for family, how in names.items():
             parts = _persist_parts(table, family, stage)
             all_parts += parts
-            out.append(_claim(f'{family}_persists{tag}', f'{when}, H passages stay less retrievable when the backbone was '
+            persists = _claim(f'{family}_persists{tag}', f'{when}, H passages stay less retrievable when the backbone was '
                               f'edited by {how} (than unedited, than the matched C edit'
                               f'{", than as many random neurons" if family == "suppress" else ""})', 'greater', parts,
-                              f'no retrieval of the {family} arms at stage {stage!r}', _ours, RANK_TEST))
-        out.append(_claim(f'removed_stays_unretrievable{tag}', f'removed knowledge stays unretrievable {when} '
-                          '(both edits, every control)', 'greater', all_parts, f'no retrieval at stage {stage!r}',
-                          _ours, RANK_TEST))
-    return _clean([_precondition(c, failed) for c in out])
+                              f'no retrieval of the {family} arms at stage {stage!r}', _ours, RANK_TEST)
+            out.append(_precondition(persists, {f: v for f, v in failed.items() if f == family}))
+        removed = _claim(f'removed_stays_unretrievable{tag}', f'removed knowledge stays unretrievable {when} '
+                         '(both edits, every control)', 'greater', all_parts, f'no retrieval at stage {stage!r}',
+                         _ours, RANK_TEST)
+        out.append(_precondition(removed, failed))
+    return _clean(out)
 
 
 def _precondition(claim: Dict, failed: Dict[str, str]) -> Dict:
-    """A retrievability claim presupposes an edit that removed H more than C. Where the edit check did not show that,
-    the claim keeps its verdict on the measured ranks but says, in ``precondition`` and first in ``detail``, that it
-    tests a non-specific edit, so a reader cannot take it as evidence about *removed* knowledge."""
-    cid = claim['id']
-    if '_effect' in cid or not failed:
+    """A retrievability claim presupposes an edit that removed H more than C. ``failed``: the edit families the claim
+    rests on whose edit check did not show that (family -> its verdict). If any, the claim keeps its verdict on the
+    measured ranks but says, in ``precondition`` and first in ``detail``, that it tests a non-specific edit, so a
+    reader cannot take it as evidence about *removed* knowledge."""
+    if not failed:
         return claim
-    families = [f for f in failed if cid.startswith(f'{f}_')] or (list(failed) if cid.startswith('removed_') else [])
-    if not families:
-        return claim
-    why = '; '.join(f'the {f} edit check is "{failed[f]}"' for f in families)
+    why = '; '.join(f'the {f} edit check is "{v}"' for f, v in failed.items())
     note = (f'precondition not met: {why}, so the check did not show that the edit removed H more than C, and this '
             'claim measures retrievability after an edit that was not shown to be specific to H, not of removed '
             'knowledge')
