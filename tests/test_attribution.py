@@ -8,10 +8,23 @@ from pyterrier_knowacq.models.backbones import load_encoder
 TEXTS = ['the quick brown fox jumps over the lazy dog', 'what is a neuron']
 
 
-@pytest.mark.parametrize('model,pooling', [('tiny-bert', 'mean'), ('tiny-llama', 'last')])
+# cls on a BERT-style model takes the [CLS]-only last block (see the module docstring); the loop never does
+@pytest.mark.parametrize('model,pooling', [('tiny-bert', 'mean'), ('tiny-bert', 'cls'), ('tiny-llama', 'last')])
 def test_batched_equals_loop(model, pooling):
     pair = load_encoder(model)
+    if pooling == 'cls':
+        # a fresh BERT's last LayerNorm (gain 1, bias 0) gives every [CLS] state the norm sqrt(hidden): the target
+        # would be constant and its gradient rounding noise, so give that LayerNorm a random gain and bias
+        import copy
+        import torch
+        pair = (copy.deepcopy(pair[0]), pair[1])
+        ln = pair[0].encoder.layer[-1].output.LayerNorm
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            ln.weight.copy_(torch.rand(ln.weight.shape, generator=gen) + 0.5)
+            ln.bias.copy_(torch.randn(ln.bias.shape, generator=gen) * 0.1)
     batched = IntegratedGradients(pair, pooling, method='batched')
+    assert (batched._cls_cut is not None) == (pooling == 'cls')
     loop = IntegratedGradients(pair, pooling, method='loop')
     for text in TEXTS:
         a, b = batched.raw_scores(text), loop.raw_scores(text)

@@ -11,7 +11,10 @@ comes from upstream modules, which the scaling does not touch. So one forward ru
 the layer, a hook replaces the layer's output by ``steps`` copies scaled by each ``alpha`` (the rest of the network
 broadcasts over them), and one backward from ``sum_k F_k`` gives ``dF/dy'`` for every alpha; then
 ``dF/dW' = (dF/dy')^T x``. Nothing upstream of the layer is recomputed or back-propagated, and no weight gradient is
-formed. ``method='loop'`` is the study's plain loop (edit the weights, full forward and backward per alpha), kept as
+formed. With ``cls`` pooling on a BERT-style encoder, the last block runs its attention output and FFN on the
+``[CLS]`` position only: the target reads nothing else after that block's attention (LayerNorm and the FFN act per
+token), so the other positions would carry zero gradient; this cuts the last block's FFN work by the sequence length
+and gives the same scores. ``method='loop'`` is the study's plain loop (edit the weights, full forward and backward per alpha), kept as
 the reference the tests compare against.
 
 Example::
@@ -143,6 +146,13 @@ class IntegratedGradients:
         self.max_length = max_length
         self.layer_names = ffn_layers(self.model, layers)
         self._modules = dict(self.model.named_modules())
+        self._cls_cut = self._last_attention_output() if pooling == 'cls' else None
+
+    def _last_attention_output(self):
+        """The last BERT block's ``attention.output`` (called as ``(attention_states, block_input)``), or None."""
+        found = [(int(m.group(1)), name) for name in self._modules
+                 for m in [re.match(r'^(?:.*\.)?encoder\.layer\.(\d+)\.attention\.output$', name)] if m]
+        return self._modules[max(found)[1]] if found else None
 
     @property
     def alphas(self):
@@ -177,8 +187,11 @@ class IntegratedGradients:
             y = (output.detach() * alphas.view(-1, *([1] * (output.dim() - 1)))).requires_grad_(True)
             store['y'] = y
             return y
+        def cls_only(mod, args):           # the last block from its attention output on: [CLS] row only
+            return tuple(a[:, :1] for a in args)
         h1 = module.register_forward_pre_hook(pre)
         h2 = module.register_forward_hook(post)
+        h3 = self._cls_cut.register_forward_pre_hook(cls_only) if self._cls_cut is not None else None
         try:
             with torch.enable_grad():
                 out = self.model(**inputs)
@@ -186,6 +199,8 @@ class IntegratedGradients:
         finally:
             h1.remove()
             h2.remove()
+            if h3 is not None:
+                h3.remove()
         g = store['y'].grad.mean(0)           # [T, out]  mean over alphas of dF/dy'
         x = store['x'][0]                     # [T, in]
         ig = module.weight.detach() * (g.transpose(0, 1) @ x)   # [out, in]
