@@ -129,6 +129,25 @@ def test_unlearning_hits_h_more_than_c(tok):
     assert np.all(np.isfinite(edits.pseudo_log_likelihood(model, head, tok, H_TEXTS, max_length=24, copies=3)))
 
 
+def test_retain_term_keeps_neutral_text_while_the_set_is_forgotten(tok):
+    """Gradient difference: the same ascent on H with a descent term on neutral texts leaves the neutral loss lower
+    than plain ascent does, and still raises H's loss."""
+    model, _ = load_encoder('tiny-bert')
+    head, _ = edits.fit_mlm_head(model, tok, NEUTRAL + H_TEXTS + C_TEXTS, steps=50, lr=2e-2, batch=64, max_length=24,
+                                 maskings=3, seed=0)
+    run = dict(lr=3e-3, max_steps=8, batch=4, factor=100.0, max_length=24, eval_every=4, seed=0, monitor=NEUTRAL)
+    plain, h_plain = edits.unlearn(model, tok, head, H_TEXTS, **run)
+    kept, h_kept = edits.unlearn(model, tok, head, H_TEXTS, retain=NEUTRAL, retain_weight=2.0, **run)
+    assert h_kept[-1]['step'] == h_plain[-1]['step'] == 8
+    assert h_kept[-1]['loss_set'] > h_kept[0]['loss_set']
+    assert h_kept[-1]['loss_monitor'] < h_plain[-1]['loss_monitor']
+    assert np.isfinite(h_kept[-1]['loss_retain']) and np.isnan(h_plain[-1]['loss_retain'])
+    with pytest.raises(KnowacqError, match='retain is empty'):
+        edits.unlearn(model, tok, head, H_TEXTS, retain=[], **run)
+    with pytest.raises(KnowacqError, match='retain_weight'):
+        edits.unlearn(model, tok, head, H_TEXTS, retain=NEUTRAL, retain_weight=float('nan'), **run)
+
+
 def test_no_edited_or_control_passage_is_a_training_positive(msmarco, cache, tok):
     sets = build_sets(msmarco, 'dl19', size=20, tokenizer=tok, seed=1, exclude=excluded_positives(TINY_SPEC, msmarco, 'dl20'))
     view = CorpusView(msmarco, drop=sets.docnos(), label='knowedit')
@@ -182,12 +201,15 @@ def test_study_dry_run_writes_tables_plots_and_claims(cache, tmp_path):
         resolve_config({'neuron': {}})
     with pytest.raises(KnowacqError, match='unedited'):
         resolve_config({'arms': ['suppress-H']})
-    config = {'arms': ['unedited', 'suppress-H', 'unlearn-H'],
+    with pytest.raises(KnowacqError, match='unlearn.retain must be a count'):
+        resolve_config({'unlearn': {'retain': -1}})
+    config = {'arms': ['unedited', 'suppress-H', 'unlearn-H'], 'unlearn': {'retain': 16},
               'sets': {'queries': 4}, 'train': {'spec': {k: v for k, v in RECIPE.items() if k != 'validation'}}}
     out = run_knowedit(config, tmp_path / 'out', seed=1, dry_run=True, verbose=False)
     tables = tmp_path / 'out' / 'tables'
     for name in ('sets', 'neurons', 'unlearn', 'pll', 'ranks', 'queries', 'tests', 'training'):
         assert (tables / f'knowedit_{name}.csv').exists(), name
+    assert pd.read_csv(tables / 'knowedit_unlearn.csv')['loss_retain'].notna().any()   # the retain term ran
     ranks = pd.read_csv(tables / 'knowedit_ranks.csv')
     assert set(ranks.arm) == set(config['arms']) and (ranks.groupby('arm').size() == ranks.groupby('arm').size().iloc[0]).all()
     tests = pd.read_csv(tables / 'knowedit_tests.csv')

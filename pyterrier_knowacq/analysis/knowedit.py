@@ -84,7 +84,7 @@ DEFAULTS: Dict[str, Any] = {
     'neurons': {'k': 64, 'select': 'contrast', 'texts': 24, 'steps': 10, 'max_length': 64},
     'mlm_head': {'texts': 256, 'maskings': 2, 'steps': 300, 'lr': 2e-3, 'batch': 256, 'max_length': 64},
     'unlearn': {'lr': 2e-5, 'max_steps': 40, 'batch': 8, 'factor': 2.0, 'mask_prob': 0.15, 'params': 'encoder',
-                'eval_every': 5, 'eval_texts': 64, 'max_length': 64, 'texts': None},
+                'eval_every': 5, 'eval_texts': 64, 'max_length': 64, 'texts': None, 'retain': 0, 'retain_weight': 1.0},
     'pll': {'passages': 32, 'max_length': 48, 'copies': None, 'batch': 128},
     'train': {'split': 'dl20', 'spec': RECIPE},
     'retrieval': {'corpus': 'slice', 'k': 1000, 'max_length': 64, 'stages': ['fine-tuned'], 'pool_depth': 100,
@@ -138,6 +138,10 @@ def resolve_config(config: Optional[Dict], dry_run: bool = False) -> Dict:
     if cfg['retrieval']['corpus'] not in ('slice', 'pool'):
         raise KnowacqError(f'knowedit retrieval corpus must be slice (the whole corpus) or pool (judged + BM25 top-100 '
                            f'passages of the queries), got {cfg["retrieval"]["corpus"]!r}')
+    retain = cfg['unlearn']['retain']
+    if isinstance(retain, bool) or not isinstance(retain, int) or retain < 0:
+        raise KnowacqError(f'knowedit unlearn.retain must be a count of neutral passages (0: no retain term, e.g. 256), '
+                           f'got {retain!r}')
     validate_dense_spec(dict(cfg['train']['spec']))
     return cfg
 
@@ -163,11 +167,12 @@ def _neuron_count(k, total: int) -> int:
     return max(1, int(round(k * total))) if k < 1 else int(k)
 
 
-def _neutral_texts(ds, sets, split: str, n: int, seed: int) -> List[str]:
+def _neutral_texts(ds, sets, split: str, n: int, seed: int, salt: int = 7877) -> List[str]:
+    """``n`` seeded passages of the collection judged for no query of ``split`` and in neither set."""
     judged = set(ds.get_qrels(split)['docno'].astype(str))
     avoid = judged | set(sets.docnos())
     pool = sorted(d for d in ds.known_docnos() if d not in avoid)
-    pick = np.random.default_rng([seed, 7877]).choice(len(pool), min(int(n), len(pool)), replace=False)
+    pick = np.random.default_rng([seed, salt]).choice(len(pool), min(int(n), len(pool)), replace=False)
     return ds.get_texts([pool[i] for i in sorted(pick)])
 
 
@@ -259,19 +264,19 @@ def run_knowedit(config: Optional[Dict[str, Any]], out_dir, *, seed: int = 42, d
     if not cached('unedited'):
         store('unedited', encoder, {'arm': 'unedited'})
     # masked-LM head (for unlearning and the PLL check), fitted once on neutral passages
-    head_file = work / 'mlm_head.pt'
-    import torch
+    head_file = work / 'mlm_head.safetensors'
+    from safetensors.torch import load_file, save_file
     head = edits.MLMHead(encoder)
     if head_file.exists() and (work / 'mlm_head.json').exists():
-        head.load_state_dict(torch.load(head_file, weights_only=True))
+        head.load_state_dict(load_file(str(head_file)))
         head_losses = json.loads((work / 'mlm_head.json').read_text())
     else:
         hc = cfg['mlm_head']
         head, head_losses = edits.fit_mlm_head(encoder, tok, _neutral_texts(ds, sets, split, hc['texts'], seed),
                                                steps=hc['steps'], lr=hc['lr'], batch=hc['batch'], max_length=hc['max_length'],
                                                maskings=hc['maskings'], seed=seed)
-        torch.save(head.state_dict(), work / 'mlm_head.tmp.pt')
-        os.replace(work / 'mlm_head.tmp.pt', head_file)
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(work / 'mlm_head.tmp.safetensors'))
+        os.replace(work / 'mlm_head.tmp.safetensors', head_file)
         atomic_write_json(work / 'mlm_head.json', head_losses)
     log(f'masked-LM head: loss {head_losses[0]:.2f} -> {np.mean(head_losses[-10:]):.2f}', 'mlm_head')
 
@@ -310,6 +315,9 @@ def run_knowedit(config: Optional[Dict[str, Any]], out_dir, *, seed: int = 42, d
     # (b) unlearning by gradient ascent on the masked-LM loss
     uc = cfg['unlearn']
     unlearn_rows = []
+    # the retain texts of the descent term: neutral passages drawn apart from the head's (salt), the same for H and C
+    retain = (_neutral_texts(ds, sets, split, uc['retain'], seed, salt=7919)
+              if uc['retain'] and any(a.startswith('unlearn') and not cached(a) for a in arms) else None)
     for arm in [a for a in arms if a.startswith('unlearn')]:
         if not cached(arm):
             own, other = ('H', 'C') if arm.endswith('H') else ('C', 'H')
@@ -318,7 +326,8 @@ def run_knowedit(config: Optional[Dict[str, Any]], out_dir, *, seed: int = 42, d
             model, history = edits.unlearn(encoder, tok, head, texts, lr=uc['lr'], max_steps=uc['max_steps'],
                                            batch=uc['batch'], factor=uc['factor'], mask_prob=uc['mask_prob'],
                                            max_length=uc['max_length'], params=uc['params'], eval_every=uc['eval_every'],
-                                           eval_texts=uc['eval_texts'], seed=seed, monitor=monitor)
+                                           eval_texts=uc['eval_texts'], seed=seed, monitor=monitor, retain=retain,
+                                           retain_weight=uc['retain_weight'])
             store(arm, model, {'arm': arm, 'history': history, 'steps': history[-1]['step']})
         unlearn_rows += [{'arm': arm, **h} for h in meta[arm]['history']]
         log(f'{arm}: {meta[arm]["steps"]} ascent steps, set loss {meta[arm]["history"][0]["loss_set"]:.2f} -> '

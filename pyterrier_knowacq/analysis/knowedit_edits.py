@@ -14,7 +14,10 @@
   (all-MiniLM-L6-v2) ship none; :func:`fit_mlm_head` fits its transform and bias on neutral passages with the encoder
   frozen. :func:`unlearn` is gradient ascent on the masked-LM loss of a set's texts (head frozen; by default only the
   transformer layers move, not the embeddings), seeded, for at most ``max_steps`` steps, stopping once the loss on a
-  fixed masking of the set exceeds ``factor`` times its start.
+  fixed masking of the set exceeds ``factor`` times its start. Plain ascent raises the loss of every text alike (it
+  wrecks the language model, not one set's knowledge), so ``retain`` texts (neutral passages, in neither set) add a
+  descent term, ``-L(set) + retain_weight * L(retain)``, the forget/retain objective of unlearning methods
+  (gradient difference): what rises is what the set has and the neutral texts do not.
 * **Effect check.** :func:`pseudo_log_likelihood`: each token masked in turn (all masked copies batched), the mean
   log-probability of the true token per text (Salazar et al., 2020), with the same head for every model.
 """
@@ -254,13 +257,19 @@ def _trainable(encoder, params: str):
 def unlearn(encoder, tokenizer, head: MLMHead, texts: Sequence[str], *, lr: float = 2e-5, max_steps: int = 50,
             batch: int = 8, factor: float = 2.0, mask_prob: float = 0.15, max_length: int = 64, params: str = 'encoder',
             eval_every: int = 5, eval_texts: Optional[int] = 64, seed: int = 0,
-            monitor: Optional[Sequence[str]] = None) -> Tuple[nn.Module, List[Dict]]:
+            monitor: Optional[Sequence[str]] = None, retain: Optional[Sequence[str]] = None,
+            retain_weight: float = 1.0) -> Tuple[nn.Module, List[Dict]]:
     """Gradient ascent on the masked-LM loss of ``texts``: a copy of ``encoder`` (the original is left alone) and the
     history ``[{step, loss_train, loss_set, loss_monitor}]``. ``loss_set`` is the loss of one fixed masking of a
     seeded subset of ``eval_texts`` texts (all with ``None``), measured every ``eval_every`` steps (the stopping
     criterion: above ``factor`` x its start); as many ``monitor`` texts (e.g. the control set) get the same
     fixed-mask loss for the record. Dropout off, gradient norm clipped at 1, the head frozen; the ascent batches are
-    drawn from all ``texts``."""
+    drawn from all ``texts``. With ``retain`` texts, every step also draws a batch of them and descends on their loss
+    weighted by ``retain_weight`` (``loss_retain`` in the history)."""
+    if retain is not None and not len(retain):
+        raise KnowacqError('unlearn: retain is empty; give neutral texts for the descent term, or None to turn it off')
+    if not math.isfinite(float(retain_weight)) or retain_weight < 0:
+        raise KnowacqError(f'unlearn: retain_weight must be a finite number >= 0, got {retain_weight!r}')
     torch.manual_seed(seed)
     model = copy.deepcopy(encoder).eval()
     head = head.tied_to(model, own=True)
@@ -268,6 +277,7 @@ def unlearn(encoder, tokenizer, head: MLMHead, texts: Sequence[str], *, lr: floa
         p.requires_grad_(False)
     special = _special(tokenizer)
     ids = _encode(tokenizer, texts, max_length)
+    keep = _encode(tokenizer, retain, max_length) if retain is not None else None
 
     def sample(rows, salt):   # a seeded subset of eval_texts rows (all without eval_texts)
         if not eval_texts or eval_texts >= len(rows):
@@ -284,21 +294,26 @@ def unlearn(encoder, tokenizer, head: MLMHead, texts: Sequence[str], *, lr: floa
     opt = torch.optim.AdamW(params_, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, 2027])
     start = fixed_loss(probe, fixed)
-    history = [{'step': 0, 'loss_train': float('nan'), 'loss_set': start,
+    history = [{'step': 0, 'loss_train': float('nan'), 'loss_retain': float('nan'), 'loss_set': start,
                 'loss_monitor': fixed_loss(mon, mon_masks) if mon else float('nan')}]
     for step in range(1, int(max_steps) + 1):
         pick = [ids[i] for i in rng.choice(len(ids), min(batch, len(ids)), replace=False)]
         loss = mlm_loss(model, head, tokenizer, pick, _masks(pick, special, mask_prob, rng))
+        objective, kept = -loss, float('nan')
+        if keep is not None:
+            rows = [keep[i] for i in rng.choice(len(keep), min(batch, len(keep)), replace=False)]
+            kept_loss = mlm_loss(model, head, tokenizer, rows, _masks(rows, special, mask_prob, rng))
+            objective, kept = objective + float(retain_weight) * kept_loss, float(kept_loss.detach())
         opt.zero_grad()
-        (-loss).backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(params_, 1.0)
         opt.step()
         if step % max(1, int(eval_every)) and step != int(max_steps):
-            history.append({'step': step, 'loss_train': float(loss.detach()), 'loss_set': float('nan'),
-                            'loss_monitor': float('nan')})
+            history.append({'step': step, 'loss_train': float(loss.detach()), 'loss_retain': kept,
+                            'loss_set': float('nan'), 'loss_monitor': float('nan')})
             continue
         now = fixed_loss(probe, fixed)
-        history.append({'step': step, 'loss_train': float(loss.detach()), 'loss_set': now,
+        history.append({'step': step, 'loss_train': float(loss.detach()), 'loss_retain': kept, 'loss_set': now,
                         'loss_monitor': fixed_loss(mon, mon_masks) if mon else float('nan')})
         if not math.isfinite(now) or now > factor * start:
             break
