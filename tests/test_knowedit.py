@@ -294,6 +294,9 @@ def test_retrievability_claims_say_when_the_edit_check_failed(h_specific):
     found = {c['id']: c for c in ev.claims(ev.comparisons(ranks, queries, pll))}
     effect = found['suppress_effect']['verdict'], found['unlearn_effect']['verdict']
     persists = [found[k] for k in ('suppress_persists', 'unlearn_persists', 'removed_stays_unretrievable')]
+    for family in ('suppress', 'unlearn'):   # both halves of the edit check are tested, C's too (it once dropped out)
+        assert [p['label'] for p in found[f'{family}_effect']['parts']] == [f'PLL H: {family}-H - {family}-C',
+                                                                             f'PLL C: {family}-C - {family}-H']
     if h_specific:
         assert effect == ('supported (lower)', 'supported (lower)')
         assert not any('precondition' in c for c in persists)

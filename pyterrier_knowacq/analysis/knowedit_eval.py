@@ -207,8 +207,11 @@ def claims(table: pd.DataFrame, *, stages: Sequence[str] = ('fine-tuned',)) -> L
     pll_test = 'Wilcoxon signed-rank per passage on PLL, Holm across the arms; TOST paired t'
     failed = {}     # family -> the edit check's verdict, where it did not show the edit removed H more than C
     for family, how in names.items():
+        # the table holds each pair once (H arm - C arm): C's part is that row flipped; a part that is missing must
+        # not drop out silently, or the claim would rest on H alone
         parts = [_part(table, 'edited backbone', 'H', f'{family}-H', f'{family}-C', 'PLL'),
-                 _part(table, 'edited backbone', 'C', f'{family}-C', f'{family}-H', 'PLL')]
+                 _part(table, 'edited backbone', 'C', f'{family}-C', f'{family}-H', 'PLL')
+                 or _part(table, 'edited backbone', 'C', f'{family}-H', f'{family}-C', 'PLL', flip=True)]
         out.append(_claim(f'{family}_effect', f'{how} lowers the pseudo-log-likelihood of H more than the matched edit '
                           'for C does (and the C edit lowers C more)', 'less', parts,
                           f'no PLL of the {family} arms', _ours, pll_test))
