@@ -130,13 +130,20 @@ def comparisons(ranks: pd.DataFrame, queries: pd.DataFrame, pll: Optional[pd.Dat
 
 
 def _part(table, stage, s, arm, ref, measure, flip=False) -> Optional[Dict]:
-    row = table[(table['stage'] == stage) & (table['set'] == s) & (table['arm'] == arm) & (table['reference'] == ref)
-                & (table['measure'] == measure)]
+    """The comparison ``arm - ref`` (``ref - arm`` with ``flip``) as a claim part. The table holds each pair once, in
+    whichever orientation :func:`comparisons` made it, so a pair stored as ``ref - arm`` is read negated; None only
+    where the pair was not measured."""
+    def rows(a, b):
+        return table[(table['stage'] == stage) & (table['set'] == s) & (table['arm'] == a) & (table['reference'] == b)
+                     & (table['measure'] == measure)]
+    row, negate = rows(arm, ref), flip
     if row.empty:
-        return None
+        row, negate = rows(ref, arm), not flip
+        if row.empty:
+            return None
     r = row.iloc[0]
-    sign = -1.0 if flip else 1.0
-    lo, hi = (sign * r['ci_high'], sign * r['ci_low']) if flip else (r['ci_low'], r['ci_high'])
+    sign = -1.0 if negate else 1.0
+    lo, hi = (-r['ci_high'], -r['ci_low']) if negate else (r['ci_low'], r['ci_high'])
     label = f'{measure} {s}: {ref} - {arm}' if flip else f'{measure} {s}: {arm} - {ref}'
     summary = {'diff': sign * r['diff'], 'ci_low': lo, 'ci_high': hi, 'mde': r['mde'], 'margin': r['margin'],
                'n': int(r['n']), 'interval': r['interval'], 'p_tost': r['p_tost'], 'seeds': 1}
@@ -207,11 +214,8 @@ def claims(table: pd.DataFrame, *, stages: Sequence[str] = ('fine-tuned',)) -> L
     pll_test = 'Wilcoxon signed-rank per passage on PLL, Holm across the arms; TOST paired t'
     failed = {}     # family -> the edit check's verdict, where it did not show the edit removed H more than C
     for family, how in names.items():
-        # the table holds each pair once (H arm - C arm): C's part is that row flipped; a part that is missing must
-        # not drop out silently, or the claim would rest on H alone
         parts = [_part(table, 'edited backbone', 'H', f'{family}-H', f'{family}-C', 'PLL'),
-                 _part(table, 'edited backbone', 'C', f'{family}-C', f'{family}-H', 'PLL')
-                 or _part(table, 'edited backbone', 'C', f'{family}-H', f'{family}-C', 'PLL', flip=True)]
+                 _part(table, 'edited backbone', 'C', f'{family}-C', f'{family}-H', 'PLL')]
         out.append(_claim(f'{family}_effect', f'{how} lowers the pseudo-log-likelihood of H more than the matched edit '
                           'for C does (and the C edit lowers C more)', 'less', parts,
                           f'no PLL of the {family} arms', _ours, pll_test))
