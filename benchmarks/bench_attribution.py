@@ -7,8 +7,15 @@ dimension from there on, and back-propagates only down to the layer. Both give t
 
 Run:  make bench    (or: .venv/bin/python -m pytest benchmarks/bench_attribution.py -p no:cacheprovider -s)
       BENCH_IG_LAYERS=all for every block; default blocks 0 and 5, i.e. 4 of the 12 dense layers
+
+The workload records each side's matrix-product FLOPs per call (``torch.utils.flop_counter``) and this machine's fp32
+GEMM rate on the batched path's largest product shape, measured just before the rounds: ``flops / median time`` over
+that rate says how close either side runs to the machine, i.e. how much a faster implementation of the same
+arithmetic could still gain.
 """
 import os
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +33,27 @@ LAYERS = None if os.environ.get('BENCH_IG_LAYERS') == 'all' else [0, 5]
 STEPS = 20
 
 
+def _matmul_gflop(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def _gemm_gflops(rows: int, hidden: int, inner: int, reps: int = 5) -> float:
+    """fp32 GEMM rate (GFLOP/s, median of ``reps``) on the FFN product shape of the batched path."""
+    import torch
+    a, b = torch.randn(rows, hidden), torch.randn(hidden, inner)
+    a @ b
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        rates.append(20 * 2 * rows * hidden * inner / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
 def test_ig_batched_vs_loop(benchmark):
     pair = load_encoder('minilm-l6')
     batched = IntegratedGradients(pair, 'cls', steps=STEPS, layers=LAYERS, method='batched')
@@ -33,9 +61,14 @@ def test_ig_batched_vs_loop(benchmark):
     s_loop, s_batched = loop.raw_scores(TEXT), batched.raw_scores(TEXT)
     err = max(float(np.abs(s_loop[k] - s_batched[k]).max() / s_loop[k].max()) for k in s_loop)
     assert err < 1e-4, f'batched and loop scores differ (max relative difference {err:.2e})'
+    config, tokens = pair[0].config, len(pair[1](TEXT)['input_ids'])
+    flops = {'ours': _matmul_gflop(lambda: batched.raw_scores(TEXT)), 'peer': _matmul_gflop(lambda: loop.raw_scores(TEXT))}
+    gemm = _gemm_gflops(STEPS * tokens, config.hidden_size, config.intermediate_size)
     run_benchmark(benchmark, 'ig_batched', lambda: batched.raw_scores(TEXT), lambda: loop.raw_scores(TEXT),
                   goal=10, ours_label="IntegratedGradients(method='batched')",
                   peer_label="IntegratedGradients(method='loop') (the study's scheme)",
                   workload={'model': 'all-MiniLM-L6-v2', 'texts': 1,
-                            'tokens': len(pair[1](TEXT)['input_ids']), 'alphas': STEPS,
-                            'dense_layers': len(s_loop), 'blocks': 'all' if LAYERS is None else LAYERS})
+                            'tokens': tokens, 'alphas': STEPS,
+                            'dense_layers': len(s_loop), 'blocks': 'all' if LAYERS is None else LAYERS,
+                            'matmul_gflop_per_call': {k: round(v, 2) for k, v in flops.items()},
+                            'gemm_gflops_before_rounds': round(gemm, 1)})
