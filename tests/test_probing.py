@@ -4,7 +4,7 @@ import pytest
 from pyterrier_knowacq._util import KnowacqError
 from pyterrier_knowacq.analysis import stats
 from pyterrier_knowacq.analysis.probe_data import build_probe_set
-from pyterrier_knowacq.analysis.probing import probe_layer
+from pyterrier_knowacq.analysis.probing import probe_layer, probe_layers
 
 
 def _synthetic(seed=0, E=400, N=4, H=16, signal=1.0):
@@ -26,6 +26,25 @@ def test_interaction_probe_sees_match_concat_cannot():
     assert inter.correct.shape == (te.sum(),)
     again = probe_layer('interaction', q, p, y, tr, va, te, seed=0)
     np.testing.assert_array_equal(inter.correct, again.correct)
+
+
+def test_parallel_fits_equal_one_by_one():
+    # fits on a thread pool (one torch thread each) give exactly what probe_layer gives one at a time, with seeds
+    # that differ per fit (their initialisations come from torch's global generator) and both probes mixed
+    import torch
+    jobs = []
+    for i, probe in enumerate(['interaction', 'concat', 'interaction', 'concat', 'interaction', 'concat']):
+        q, p, y, tr, va, te = _synthetic(seed=i, E=300, signal=0.3 * i)
+        jobs.append(dict(probe=probe, q=q, p=p, label=y, train=tr, val=va, test=te, seed=10 + i, max_epochs=60))
+    threads = torch.get_num_threads()
+    one_by_one = [probe_layer(**job) for job in jobs]
+    parallel = probe_layers(jobs, workers=3)
+    assert torch.get_num_threads() == threads
+    assert len(parallel) == len(jobs)
+    for a, b in zip(one_by_one, parallel):
+        np.testing.assert_array_equal(a.correct, b.correct)
+        assert (a.accuracy, a.val_accuracy, a.l2, a.epochs) == (b.accuracy, b.val_accuracy, b.l2, b.epochs)
+    assert len({r.accuracy for r in parallel}) > 1   # the jobs differ, so a mix-up of results would show
 
 
 def test_concat_probe_learns_positional_signal():

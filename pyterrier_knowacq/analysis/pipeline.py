@@ -186,7 +186,7 @@ def _layers(spec, num_layers: int) -> List[int]:
 
 
 def _probe_group(gname, g, config, sets, resolve, seed, log) -> List[dict]:
-    from .probing import probe_layer
+    from .probing import probe_layers
     from .representations import LayerEncoder
     from .stats import holm, paired_test, wilson_interval
     pooling = g.get('pooling', 'cls')
@@ -213,16 +213,17 @@ def _probe_group(gname, g, config, sets, resolve, seed, log) -> List[dict]:
             layers = _layers(g.get('layers', 'all'), denc.num_layers)
             for n in ns:
                 qi, pi, y = ps.for_n(n)
-                masks = [ps.mask(s) for s in ('train', 'val', 'test')]
-                for probe in probes:
-                    for layer in layers:
-                        res = probe_layer(probe, np.asarray(qs[layer])[qi], np.asarray(ds[layer])[pi], y, *masks, seed=seed, **kw)
-                        correct[(label, n, probe, layer)] = res.correct
-                        lo, hi = wilson_interval(int(res.correct.sum()), len(res.correct))
-                        rows.append({'group': gname, 'data': dname, 'model': label, 'pooling': pooling, 'n': n, 'probe': probe,
-                                     'layer': layer, 'rel_layer': layer / max(1, denc.num_layers - 1), 'accuracy': res.accuracy,
-                                     'ci_low': lo, 'ci_high': hi, 'n_test': len(res.correct), 'val_accuracy': res.val_accuracy,
-                                     'l2': res.l2, 'epochs': res.epochs, 'query_model': qm, 'doc_model': dm})
+                masks = dict(zip(('train', 'val', 'test'), (ps.mask(s) for s in ('train', 'val', 'test'))))
+                cells = [(probe, layer) for probe in probes for layer in layers]
+                fits = probe_layers([dict(probe=probe, q=np.asarray(qs[layer])[qi], p=np.asarray(ds[layer])[pi],
+                                          label=y, seed=seed, **masks, **kw) for probe, layer in cells])
+                for (probe, layer), res in zip(cells, fits):
+                    correct[(label, n, probe, layer)] = res.correct
+                    lo, hi = wilson_interval(int(res.correct.sum()), len(res.correct))
+                    rows.append({'group': gname, 'data': dname, 'model': label, 'pooling': pooling, 'n': n, 'probe': probe,
+                                 'layer': layer, 'rel_layer': layer / max(1, denc.num_layers - 1), 'accuracy': res.accuracy,
+                                 'ci_low': lo, 'ci_high': hi, 'n_test': len(res.correct), 'val_accuracy': res.val_accuracy,
+                                 'l2': res.l2, 'epochs': res.epochs, 'query_model': qm, 'doc_model': dm})
             log(f'{gname}/{dname}/{label}: {len(layers)} layers x N={ns} x {probes} in {time.time() - t0:.0f} s')
             last = layers[-1]
             for probe in probes:

@@ -20,14 +20,15 @@ Example::
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Type
+from typing import Dict, List, Optional, Sequence, Type
 
 import numpy as np
 
 from .._util import KnowacqError
 
-__all__ = ['Probe', 'ConcatProbe', 'InteractionProbe', 'PROBES', 'get_probe', 'probe_layer', 'ProbeResult', 'gather']
+__all__ = ['Probe', 'ConcatProbe', 'InteractionProbe', 'PROBES', 'get_probe', 'probe_layer', 'probe_layers', 'ProbeResult', 'gather']
 
 
 class Probe:
@@ -144,14 +145,45 @@ def probe_layer(probe, q: np.ndarray, p: np.ndarray, label: np.ndarray, train: n
         max_epochs: L-BFGS iterations at most; patience: validation checks (every 5 iterations) without improvement.
         lr: unused (kept for configuration compatibility; L-BFGS uses a line search).
     """
+    return probe_layers([dict(probe=probe, q=q, p=p, label=label, train=train, val=val, test=test, seed=seed,
+                              l2_grid=l2_grid, lr=lr, max_epochs=max_epochs, patience=patience)], workers=1)[0]
+
+
+def _job(probe, q, p, label, train, val, test, *, seed: int = 0, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+         lr: Optional[float] = None, max_epochs: int = 300, patience: int = 4) -> Dict:
+    return dict(probe=probe, q=q, p=p, label=label, train=train, val=val, test=test, seed=seed, l2_grid=l2_grid,
+                max_epochs=max_epochs, patience=patience)
+
+
+def probe_layers(jobs: Sequence[Dict], *, workers: Optional[int] = None) -> List[ProbeResult]:
+    """Several :func:`probe_layer` fits (each a dict of its arguments), on a thread pool; results in job order.
+
+    Each fit is a small full-batch problem that one thread runs best, so a fit gets one torch thread and
+    ``workers`` fits (default: torch's thread count) run side by side, keeping every core busy. The results are the
+    ones :func:`probe_layer` gives one by one: a fit's only randomness is its seeded initialisation, drawn under a lock.
+
+    Example::
+
+        jobs = [dict(probe='concat', q=q[l], p=p[l], label=y, train=tr, val=va, test=te, seed=0) for l in layers]
+        accuracies = [r.accuracy for r in probe_layers(jobs)]
+    """
     import torch
+    jobs = [_job(**job) for job in jobs]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny full-batch problems: extra threads only contend
+    workers = max(1, min(len(jobs), int(workers or threads)))
+    torch.set_num_threads(1)   # tiny full-batch problems: extra threads inside one fit only contend
     try:
-        return _probe_layer(probe, q, p, label, train, val, test, seed=seed, l2_grid=l2_grid, max_epochs=max_epochs,
-                            patience=patience)
+        if workers == 1:
+            return [_probe_layer(**job) for job in jobs]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool:   # torch releases the GIL inside its kernels
+            return list(pool.map(lambda job: _probe_layer(**job), jobs))
     finally:
         torch.set_num_threads(threads)
+
+
+#: seeding and building a probe use torch's global generator: one fit at a time, so parallel fits init alike
+_INIT_LOCK = threading.Lock()
 
 
 def _probe_layer(probe, q, p, label, train, val, test, *, seed, l2_grid, max_epochs, patience) -> ProbeResult:
@@ -173,8 +205,9 @@ def _probe_layer(probe, q, p, label, train, val, test, *, seed, l2_grid, max_epo
     n = p.shape[1]
     best = None
     for l2 in l2_grid:
-        torch.manual_seed(seed)
-        model = probe.build(feats.shape[-1], n)
+        with _INIT_LOCK:
+            torch.manual_seed(seed)
+            model = probe.build(feats.shape[-1], n)
         epochs = _fit(model, x[train], y[train], x[val], y[val], l2=l2, max_epochs=max_epochs, patience=patience)
         model.eval()
         with torch.no_grad():
