@@ -30,7 +30,8 @@ def test_interaction_probe_sees_match_concat_cannot():
 
 def test_parallel_fits_equal_one_by_one():
     # fits on a thread pool (one torch thread each) give exactly what probe_layer gives one at a time, with seeds
-    # that differ per fit (their initialisations come from torch's global generator) and both probes mixed
+    # that differ per fit (their initialisations come from torch's global generator), both probes mixed, and jobs
+    # given as dicts or as functions that build them
     import torch
     jobs = []
     for i, probe in enumerate(['interaction', 'concat', 'interaction', 'concat', 'interaction', 'concat']):
@@ -38,7 +39,7 @@ def test_parallel_fits_equal_one_by_one():
         jobs.append(dict(probe=probe, q=q, p=p, label=y, train=tr, val=va, test=te, seed=10 + i, max_epochs=60))
     threads = torch.get_num_threads()
     one_by_one = [probe_layer(**job) for job in jobs]
-    parallel = probe_layers(jobs, workers=3)
+    parallel = probe_layers([job if i % 2 else (lambda job=job: job) for i, job in enumerate(jobs)], workers=3)
     assert torch.get_num_threads() == threads
     assert len(parallel) == len(jobs)
     for a, b in zip(one_by_one, parallel):

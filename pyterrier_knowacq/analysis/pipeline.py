@@ -215,8 +215,10 @@ def _probe_group(gname, g, config, sets, resolve, seed, log) -> List[dict]:
                 qi, pi, y = ps.for_n(n)
                 masks = dict(zip(('train', 'val', 'test'), (ps.mask(s) for s in ('train', 'val', 'test'))))
                 cells = [(probe, layer) for probe in probes for layer in layers]
-                fits = probe_layers([dict(probe=probe, q=np.asarray(qs[layer])[qi], p=np.asarray(ds[layer])[pi],
-                                          label=y, seed=seed, **masks, **kw) for probe, layer in cells])
+                # each job gathers its layer's inputs when its fit starts: only the fits running hold them
+                fits = probe_layers([lambda probe=probe, layer=layer: dict(
+                    probe=probe, q=np.asarray(qs[layer])[qi], p=np.asarray(ds[layer])[pi], label=y, seed=seed, **masks,
+                    **kw) for probe, layer in cells])
                 for (probe, layer), res in zip(cells, fits):
                     correct[(label, n, probe, layer)] = res.correct
                     lo, hi = wilson_interval(int(res.correct.sum()), len(res.correct))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Type
+from typing import Callable, Dict, List, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -155,29 +155,33 @@ def _job(probe, q, p, label, train, val, test, *, seed: int = 0, l2_grid: Sequen
                 max_epochs=max_epochs, patience=patience)
 
 
-def probe_layers(jobs: Sequence[Dict], *, workers: Optional[int] = None) -> List[ProbeResult]:
-    """Several :func:`probe_layer` fits (each a dict of its arguments), on a thread pool; results in job order.
+def probe_layers(jobs: Sequence[Union[Dict, Callable[[], Dict]]], *, workers: Optional[int] = None) -> List[ProbeResult]:
+    """Several :func:`probe_layer` fits on a thread pool; results in job order.
 
-    Each fit is a small full-batch problem that one thread runs best, so a fit gets one torch thread and
-    ``workers`` fits (default: torch's thread count) run side by side, keeping every core busy. The results are the
-    ones :func:`probe_layer` gives one by one: a fit's only randomness is its seeded initialisation, drawn under a lock.
+    A job is a dict of :func:`probe_layer`'s arguments, or a function returning one: it is then called only when its
+    fit starts, so no more than ``workers`` jobs' inputs are in memory at once (a 4096-dim model's layers add up).
+    Each fit is a small full-batch problem that one thread runs best, so a fit gets one torch thread and ``workers``
+    fits (default: torch's thread count) run side by side, keeping every core busy. The results are the ones
+    :func:`probe_layer` gives one by one: a fit's only randomness is its seeded initialisation, drawn under a lock.
 
     Example::
 
-        jobs = [dict(probe='concat', q=q[l], p=p[l], label=y, train=tr, val=va, test=te, seed=0) for l in layers]
+        jobs = [lambda l=l: dict(probe='concat', q=q[l], p=p[l], label=y, train=tr, val=va, test=te) for l in layers]
         accuracies = [r.accuracy for r in probe_layers(jobs)]
     """
     import torch
-    jobs = [_job(**job) for job in jobs]
+
+    def run(job):
+        return _probe_layer(**_job(**(job() if callable(job) else job)))
     threads = torch.get_num_threads()
     workers = max(1, min(len(jobs), int(workers or threads)))
     torch.set_num_threads(1)   # tiny full-batch problems: extra threads inside one fit only contend
     try:
         if workers == 1:
-            return [_probe_layer(**job) for job in jobs]
+            return [run(job) for job in jobs]
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(workers) as pool:   # torch releases the GIL inside its kernels
-            return list(pool.map(lambda job: _probe_layer(**job), jobs))
+            return list(pool.map(run, jobs))
     finally:
         torch.set_num_threads(threads)
 
