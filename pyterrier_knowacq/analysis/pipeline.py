@@ -213,7 +213,7 @@ def _probe_group(gname, g, config, sets, resolve, seed, log) -> List[dict]:
             layers = _layers(g.get('layers', 'all'), denc.num_layers)
             for n in ns:
                 qi, pi, y = ps.for_n(n)
-                masks = dict(zip(('train', 'val', 'test'), (ps.mask(s) for s in ('train', 'val', 'test'))))
+                masks = {s: ps.mask(s) for s in ('train', 'val', 'test')}
                 cells = [(probe, layer) for probe in probes for layer in layers]
                 # each job gathers its layer's inputs when its fit starts: only the fits running hold them
                 fits = probe_layers([lambda probe=probe, layer=layer: dict(

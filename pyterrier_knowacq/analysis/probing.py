@@ -149,12 +149,6 @@ def probe_layer(probe, q: np.ndarray, p: np.ndarray, label: np.ndarray, train: n
                               l2_grid=l2_grid, lr=lr, max_epochs=max_epochs, patience=patience)], workers=1)[0]
 
 
-def _job(probe, q, p, label, train, val, test, *, seed: int = 0, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-         lr: Optional[float] = None, max_epochs: int = 300, patience: int = 4) -> Dict:
-    return dict(probe=probe, q=q, p=p, label=label, train=train, val=val, test=test, seed=seed, l2_grid=l2_grid,
-                max_epochs=max_epochs, patience=patience)
-
-
 def probe_layers(jobs: Sequence[Union[Dict, Callable[[], Dict]]], *, workers: Optional[int] = None) -> List[ProbeResult]:
     """Several :func:`probe_layer` fits on a thread pool; results in job order.
 
@@ -172,7 +166,7 @@ def probe_layers(jobs: Sequence[Union[Dict, Callable[[], Dict]]], *, workers: Op
     import torch
 
     def run(job):
-        return _probe_layer(**_job(**(job() if callable(job) else job)))
+        return _probe_layer(**(job() if callable(job) else job))
     threads = torch.get_num_threads()
     workers = max(1, min(len(jobs), int(workers or threads)))
     torch.set_num_threads(1)   # tiny full-batch problems: extra threads inside one fit only contend
@@ -190,7 +184,10 @@ def probe_layers(jobs: Sequence[Union[Dict, Callable[[], Dict]]], *, workers: Op
 _INIT_LOCK = threading.Lock()
 
 
-def _probe_layer(probe, q, p, label, train, val, test, *, seed, l2_grid, max_epochs, patience) -> ProbeResult:
+def _probe_layer(probe, q, p, label, train, val, test, *, seed: int = 0,
+                 l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1), lr: Optional[float] = None, max_epochs: int = 300,
+                 patience: int = 4) -> ProbeResult:
+    """:func:`probe_layer` on the calling thread with the torch threads as they are (``lr`` is unused)."""
     import torch
     probe = get_probe(probe)
     q = np.asarray(q, dtype=np.float32)
