@@ -2,8 +2,9 @@
 protocol of ``protocol.py`` (goal >= 10x). Result: ``benchmarks/results/ig_batched.json``.
 
 The study's scheme (and ``method='loop'``): for every alpha, edit the layer's weights, run a full forward and a full
-backward for one text. ``method='batched'`` runs the text once up to the layer, puts the 20 alphas on the batch
-dimension from there on, and back-propagates only down to the layer. Both give the same scores (checked first).
+backward for one text. ``method='batched'`` runs the text once up to a block's first dense layer, puts the 20 alphas
+of each of the block's two dense layers on the batch dimension from there on (one pass, 40 rows), and
+back-propagates only down to the layers. Both give the same scores (checked first).
 
 Run:  make bench    (or: .venv/bin/python -m pytest benchmarks/bench_attribution.py -p no:cacheprovider -s)
       BENCH_IG_LAYERS=all for every block; default blocks 0 and 5, i.e. 4 of the 12 dense layers

@@ -65,3 +65,21 @@ def test_bad_input():
         IntegratedGradients('tiny-llama', 'cls')
     with pytest.raises(KnowacqError, match='method'):
         IntegratedGradients((model, tok), 'mean', method='fast')
+
+
+def test_constant_target_gives_zero_scores_not_rounding_noise():
+    """A fresh BERT's last LayerNorm (gain 1, bias 0) makes ||[CLS]|| = sqrt(hidden) for every input: the target does
+    not move with any layer, its gradients are float rounding, and the per-example normalisation would turn that noise
+    into 'active' neurons. Both methods score such layers 0 and count them; mean pooling on the same model is not flat."""
+    pair = load_encoder('tiny-bert')
+    for method in ('batched', 'loop'):
+        ig = IntegratedGradients(pair, 'cls', steps=5, method=method)
+        raw = ig.raw_scores(TEXTS[0])
+        assert all(not v.any() for v in raw.values()), method
+        res = ig.attribute(TEXTS)
+        counts = res.per_layer_counts()
+        assert (counts.flat_texts == len(TEXTS)).all() and (counts.active_per_example == 0).all(), method
+        assert all(f.all() for f in res.flat.values())
+    res = IntegratedGradients(pair, 'mean', steps=5).attribute(TEXTS)
+    counts = res.per_layer_counts()
+    assert (counts.flat_texts == 0).all() and counts.active_per_example.sum() > 0
