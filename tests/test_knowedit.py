@@ -88,6 +88,16 @@ def test_zeroing_silences_exactly_the_chosen_neurons_and_persists(tmp_path, tok)
 
 def test_ig_selection_contrasts_the_sets(tok):
     model, _ = load_encoder('tiny-bert')
+    # a fresh BERT's last LayerNorm (gain 1, bias 0) makes ||[CLS]|| constant: IG would be flat (all 0), so give it a
+    # random gain and bias, as a trained model has
+    import copy
+    import torch
+    model = copy.deepcopy(model)   # load_encoder may hand out a shared instance
+    ln = model.encoder.layer[-1].output.LayerNorm
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        ln.weight.copy_(torch.rand(ln.weight.shape, generator=gen) + 0.5)
+        ln.bias.copy_(torch.randn(ln.bias.shape, generator=gen) * 0.1)
     h = edits.neuron_scores(model, tok, ['volcano lava magma eruption crater'] * 2, steps=2, max_length=16)
     c = edits.neuron_scores(model, tok, ['violin orchestra symphony concert music'] * 2, steps=2, max_length=16)
     assert list(h) == ['encoder.layer.0.intermediate.dense', 'encoder.layer.1.intermediate.dense']

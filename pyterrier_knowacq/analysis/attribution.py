@@ -184,7 +184,6 @@ class IntegratedGradients:
         self.method = method
         self.max_length = max_length
         self.layer_names = ffn_layers(self.model, layers)
-        self._blocks = _by_block(self.layer_names)      # the batched path runs one pass per block
         self._modules = dict(self.model.named_modules())
         self._cls_cut = self._last_attention_output() if pooling == 'cls' else None
 
@@ -308,7 +307,7 @@ class IntegratedGradients:
                     if is_flat:
                         flat.add(name)
             else:
-                for names in self._blocks:
+                for names in _by_block(self.layer_names):   # one pass per block (of the layers asked)
                     block_scores, block_flat = self._raw_batched(inputs, names)
                     scores.update(block_scores)
                     flat |= block_flat
