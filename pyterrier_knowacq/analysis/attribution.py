@@ -214,7 +214,8 @@ class IntegratedGradients:
 
     # -------------------------------------------------------------- batched
     def _raw_batched(self, inputs, names: Sequence[str]):
-        """One pass for the analysed dense layers ``names`` of one block, in forward order (see module docstring)."""
+        """One pass for the dense layers ``names`` of one block, in forward order: ``{layer: (scores, target values
+        per alpha)}`` (see the module docstring)."""
         import torch
         alphas = self.alphas
         store, handles = {}, []
@@ -248,18 +249,16 @@ class IntegratedGradients:
             for h in handles:
                 h.remove()
         values = target.detach().numpy().reshape(len(names), self.steps)   # rows: each layer's alphas, in order
-        scores, flat = {}, set()
+        out = {}
         for name, f in zip(names, values):
             g = store['y', name].grad.mean(0)      # [T, out]  mean over alphas of dF/dy'
             ig = self._modules[name].weight.detach() * (g.transpose(0, 1) @ store['x', name])   # [out, in]
-            scores[name] = ig.abs().sum(1).numpy()
-            if _flat(f):
-                scores[name][:] = 0.0
-                flat.add(name)
-        return scores, flat
+            out[name] = (ig.abs().sum(1).numpy(), f)
+        return out
 
     # -------------------------------------------------------------- loop
     def _raw_loop(self, inputs, name: str):
+        """``(scores, target values per alpha)`` of one layer by the study's loop."""
         import torch
         module = self._modules[name]
         w0 = module.weight.detach().clone()
@@ -285,8 +284,7 @@ class IntegratedGradients:
                 if b0 is not None:
                     module.bias.copy_(b0)
             self.model.zero_grad(set_to_none=True)
-        scores = (w0 * total / self.steps).abs().sum(1).numpy()
-        return (np.zeros_like(scores), True) if _flat(values) else (scores, False)
+        return (w0 * total / self.steps).abs().sum(1).numpy(), values
 
     def raw_scores(self, text: str) -> Dict[str, np.ndarray]:
         """Un-normalised neuron scores ``sum_j |IG_ij|`` of every analysed layer for one text (0 for a layer the
@@ -297,21 +295,18 @@ class IntegratedGradients:
         """``(scores, flat)``: :meth:`raw_scores` and the set of layers whose target stayed constant."""
         inputs = self._inputs(text)
         grads = {n: p.requires_grad for n, p in self.model.named_parameters()}
-        scores, flat = {}, set()
+        raw = {}   # layer -> (scores, target values along its alpha path)
         try:
             for p in self.model.parameters():
                 p.requires_grad_(self.method == 'loop')
             if self.method == 'loop':
-                for name in self.layer_names:
-                    scores[name], is_flat = self._raw_loop(inputs, name)
-                    if is_flat:
-                        flat.add(name)
+                raw = {name: self._raw_loop(inputs, name) for name in self.layer_names}
             else:
                 for names in _by_block(self.layer_names):   # one pass per block (of the layers asked)
-                    block_scores, block_flat = self._raw_batched(inputs, names)
-                    scores.update(block_scores)
-                    flat |= block_flat
-            return {name: scores[name] for name in self.layer_names}, flat
+                    raw.update(self._raw_batched(inputs, names))
+            flat = {name for name in self.layer_names if _flat(raw[name][1])}
+            scores = {name: np.zeros_like(raw[name][0]) if name in flat else raw[name][0] for name in self.layer_names}
+            return scores, flat
         finally:
             for n, p in self.model.named_parameters():
                 p.requires_grad_(grads[n])
