@@ -65,6 +65,9 @@ def test_bad_input():
         IntegratedGradients('tiny-llama', 'cls')
     with pytest.raises(KnowacqError, match='method'):
         IntegratedGradients((model, tok), 'mean', method='fast')
+    for steps in (1, 0, 2.5):   # one alpha cannot show whether the target moves (see FLAT_TOL)
+        with pytest.raises(KnowacqError, match='steps must be an integer >= 2'):
+            IntegratedGradients((model, tok), 'mean', steps=steps)
 
 
 def test_constant_target_gives_zero_scores_not_rounding_noise():
@@ -83,3 +86,26 @@ def test_constant_target_gives_zero_scores_not_rounding_noise():
     res = IntegratedGradients(pair, 'mean', steps=5).attribute(TEXTS)
     counts = res.per_layer_counts()
     assert (counts.flat_texts == 0).all() and counts.active_per_example.sum() > 0
+
+
+@pytest.mark.parametrize('model,pooling', [('tiny-bert', 'mean'), ('tiny-llama', 'last')])
+def test_later_passes_reuse_the_prefix(model, pooling, monkeypatch):
+    """The pass for a later block does not run the blocks below it again: they return the unscaled state the first
+    pass kept from its shared row. Every block runs once per pass it belongs to, block 0 once in all; the scores
+    still equal the loop's (test_batched_equals_loop covers two-block models, so also the reused prefix)."""
+    pair = load_encoder(model)
+    blocks = pair[0].encoder.layer if model == 'tiny-bert' else pair[0].layers
+    calls = []
+    cls = type(blocks[0])
+    original = cls.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(next(i for i, b in enumerate(blocks) if b is self))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(cls, 'forward', counted)
+    IntegratedGradients(pair, pooling, steps=3, method='batched').raw_scores(TEXTS[0])
+    assert sorted(calls) == [0, 1, 1]          # pass for block 0: blocks 0, 1; pass for block 1: block 1 only
+    assert all('forward' not in vars(b) for b in blocks)   # the instance patches are gone
+    calls.clear()
+    IntegratedGradients(pair, pooling, steps=3, method='loop').raw_scores(TEXTS[0])
+    assert sorted(calls) == [0] * 12 + [1] * 12    # the loop: 4 layers x 3 alphas, full forward each

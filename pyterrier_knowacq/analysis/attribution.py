@@ -8,19 +8,20 @@ for encoders, 0.01 for decoders, as in the study).
 
 Batching: scaling ``W`` and ``b`` by ``alpha`` makes the layer output ``alpha * (W x + b)``; the layer's input ``x``
 comes from upstream modules, which the scaling does not touch. So one forward runs the model on the text once up to
-the layer, a hook replaces the layer's output by ``steps`` copies scaled by each ``alpha`` (the rest of the network
-broadcasts over them), and one backward from ``sum_k F_k`` gives ``dF/dy'`` for every alpha; then ``dF/dW' =
-(dF/dy')^T x``. Nothing upstream of the layer is recomputed or back-propagated, and no weight gradient is formed. A
-block's two dense layers share one pass: the first layer's hook keeps an unscaled *carrier* row beside its ``steps``
-scaled rows, and the second layer's hook turns the carrier into its own ``steps`` scaled rows, so the block's prefix
-runs once and the rest of the network runs on ``2 * steps`` rows in one batch (larger products, half the passes and
-backward calls; about twice one layer's activation memory). This stays within the block because the tensors the
-second layer meets there (the residual, Llama's ``up_proj`` branch) still have the text's single row and broadcast,
-exactly as in a one-layer pass. With ``cls`` pooling on a BERT-style encoder, the last block runs its attention
-output and FFN on the ``[CLS]`` position only: the target reads nothing else after that block's attention (LayerNorm
-and the FFN act per token), so the other positions would carry zero gradient; this cuts the last block's FFN work by
-the sequence length and gives the same scores. ``method='loop'`` is the study's plain loop (edit the weights, full
-forward and backward per alpha), kept as the reference the tests compare against.
+the layer, a hook replaces the layer's output by copies scaled by each ``alpha`` (the rest of the network broadcasts
+over them), and one backward from ``sum_k F_k`` gives ``dF/dy'`` for every alpha; then ``dF/dW' = (dF/dy')^T x``.
+Nothing upstream of the layer is recomputed or back-propagated, and no weight gradient is formed. The unscaled row
+(``alpha = 1``) is *shared*: it is the last row, the layer's alpha-1 row, and the carrier of every later layer of the
+block, whose hook adds its own ``steps - 1`` scaled rows beside it and reads its alpha-1 gradient on that same row
+(``retain_grad``; the gradient flows on down to the earlier layer's alpha-1 row, which is the same network state). So
+a block's prefix runs once and the rest of the network runs on ``2 * steps - 1`` rows in one batch for a BERT or Llama
+block's two dense layers. This stays within the block because the tensors the second layer meets there (the
+residual, Llama's ``up_proj`` branch) still have the text's single row and broadcast, exactly as in a one-layer pass.
+With ``cls`` pooling on a BERT-style encoder, the last block projects its query at ``[CLS]`` only and runs its
+attention output and FFN on the ``[CLS]`` position only: the target reads nothing else after that block's attention
+(LayerNorm and the FFN act per token), so the other positions would carry zero gradient; this cuts the last block's
+FFN work by the sequence length and gives the same scores. ``method='loop'`` is the study's plain loop (edit the
+weights, full forward and backward per alpha), kept as the reference the tests compare against.
 
 A target that does not move: when scaling a layer from ``alpha = 1/steps`` to 1 changes ``F`` by less than
 ``FLAT_TOL`` of ``F``, the target does not depend on that layer and its gradients are float rounding, which the
@@ -93,11 +94,18 @@ def _flat(values) -> bool:
     return bool(values.max() - values.min() <= FLAT_TOL * max(float(np.abs(values).max()), 1e-30))
 
 
+def _block(name: str):
+    """``(index, module name of block j)`` for an FFN dense layer's name: ``encoder.layer.3.output.dense`` ->
+    ``(3, j -> 'encoder.layer.<j>')``."""
+    m = next(m for pat in FFN_PATTERNS for m in [pat.match(name)] if m)
+    return int(m.group(1)), lambda j: f'{name[:m.start(1)]}{j}'
+
+
 def _by_block(names: Sequence[str]) -> List[List[str]]:
     """``names`` (forward order) split into runs of consecutive layers of the same transformer block."""
     runs, last = [], None
     for name in names:
-        block = next(int(m.group(1)) for pat in FFN_PATTERNS for m in [pat.match(name)] if m)
+        block = _block(name)[0]
         if block != last:
             runs.append([])
             last = block
@@ -147,7 +155,7 @@ class IntegratedGradients:
             :func:`~pyterrier_knowacq.models.backbones.load_encoder` (a DPR encoder as the BERT inside it), or an
             ``(nn.Module, tokenizer)`` pair.
         pooling: pooling of the target embedding (``cls``, ``mean``, ``last``).
-        steps: number of alpha values (``1/steps .. 1``).
+        steps: number of alpha values (``1/steps .. 1``), at least 2.
         threshold: activity threshold on normalised scores (default 0.1; 0.01 for decoders).
         layers: block indices to analyse (default all).
         max_length: tokens per text.
@@ -175,8 +183,9 @@ class IntegratedGradients:
         self.pooling = pooling
         self.is_decoder = is_decoder_config(self.model.config)
         self.append_eos = (self.is_decoder and pooling == 'last') if append_eos is None else bool(append_eos)
-        if not isinstance(steps, int) or steps < 1:
-            raise KnowacqError(f'steps must be a positive integer, got {steps!r}')
+        if not isinstance(steps, int) or steps < 2:
+            # one alpha (1) is plain gradient x weight, and a one-point path cannot show whether the target moves
+            raise KnowacqError(f'steps must be an integer >= 2 (the study uses 20), got {steps!r}')
         self.steps = steps
         self.threshold = float(threshold if threshold is not None else (0.01 if self.is_decoder else 0.1))
         if method not in ('batched', 'loop'):
@@ -185,13 +194,14 @@ class IntegratedGradients:
         self.max_length = max_length
         self.layer_names = ffn_layers(self.model, layers)
         self._modules = dict(self.model.named_modules())
-        self._cls_cut = self._last_attention_output() if pooling == 'cls' else None
+        self._cls_cut_name = self._last_attention_output() if pooling == 'cls' else None
+        self._cls_cut = self._modules[self._cls_cut_name] if self._cls_cut_name else None
 
-    def _last_attention_output(self):
-        """The last BERT block's ``attention.output`` (called as ``(attention_states, block_input)``), or None."""
+    def _last_attention_output(self) -> Optional[str]:
+        """Name of the last BERT block's ``attention.output`` (called as ``(attention_states, block_input)``), or None."""
         found = [(int(m.group(1)), name) for name in self._modules
                  for m in [re.match(r'^(?:.*\.)?encoder\.layer\.(\d+)\.attention\.output$', name)] if m]
-        return self._modules[max(found)[1]] if found else None
+        return max(found)[1] if found else None
 
     @property
     def alphas(self):
@@ -213,34 +223,57 @@ class IntegratedGradients:
         return get_pooling(self.pooling)(hidden, mask).norm(dim=-1)  # [rows]
 
     # -------------------------------------------------------------- batched
-    def _raw_batched(self, inputs, names: Sequence[str]):
+    def _raw_batched(self, inputs, names: Sequence[str], states: dict, keep: Sequence[int] = ()):
         """One pass for the dense layers ``names`` of one block, in forward order: ``{layer: (scores, target values
-        per alpha)}`` (see the module docstring)."""
+        per alpha)}`` (see the module docstring). ``states`` maps a block index to that block's unscaled output for
+        this text: the blocks up to the one before this pass's are not run again but return it; the pass adds the
+        outputs of the blocks ``keep`` (taken from the shared row) for later passes."""
         import torch
-        alphas = self.alphas
-        store, handles = {}, []
+        alphas = self.alphas[:-1]          # alpha = 1 is the shared row
+        store, handles, patched = {}, [], []
+        first, block_name = _block(names[0])
 
-        def hooks(name, last):
-            def pre(mod, args):            # the carrier (last) row is the unscaled text: the layer's true input
+        def hooks(name):
+            def pre(mod, args):            # the last row is always the unscaled text: the layer's true input
                 store['x', name] = args[0][-1].detach()
 
             def post(mod, args, output):
-                carrier = output[-1:].detach()
-                y = (carrier * alphas.view(-1, *([1] * (output.dim() - 1)))).requires_grad_(True)
-                store['y', name] = y
-                # rows of earlier layers keep their graph; the carrier goes on only for a later layer of this block
-                return torch.cat([output[:-1], y] + ([] if last else [carrier]), 0)
+                shared = output[-1:]       # alpha = 1 of this layer, and the carrier of every later one
+                if shared.requires_grad:   # below an earlier layer's rows: read dF/dy' here, let it flow on down
+                    shared.retain_grad()
+                else:
+                    shared = shared.detach().requires_grad_(True)
+                scaled = (shared.detach() * alphas.view(-1, *([1] * (output.dim() - 1)))).requires_grad_(True)
+                store['y', name] = scaled, shared
+                return torch.cat([output[:-1], scaled, shared], 0)
             return pre, post
 
         def cls_only(mod, args):           # the last block from its attention output on: [CLS] row only
             return tuple(a[:, :1] for a in args)
+
+        def keep_state(j):                 # a block's output, its shared row; a block returning more (older
+            def hook(mod, args, output):   # transformers: a tuple) is simply run again by the later pass
+                if isinstance(output, torch.Tensor):
+                    states[j] = output[-1:].detach()
+            return hook
+
+        def cached(*args, **kwargs):
+            return states[first - 1]
         try:
-            for i, name in enumerate(names):
-                pre, post = hooks(name, i == len(names) - 1)
+            if first - 1 in states:        # the prefix is known: the blocks below return it instead of running
+                for j in range(first):
+                    blk = self._modules[block_name(j)]
+                    blk.forward = cached
+                    patched.append(blk)
+            for j in keep:
+                handles.append(self._modules[block_name(j)].register_forward_hook(keep_state(j)))
+            for name in names:
+                pre, post = hooks(name)
                 module = self._modules[name]
                 handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
             if self._cls_cut is not None:
                 handles.append(self._cls_cut.register_forward_pre_hook(cls_only))
+                handles += self._cls_query_hooks()
             with torch.enable_grad():
                 out = self.model(**inputs)
                 target = self._target(out, inputs['attention_mask'])
@@ -248,13 +281,35 @@ class IntegratedGradients:
         finally:
             for h in handles:
                 h.remove()
-        values = target.detach().numpy().reshape(len(names), self.steps)   # rows: each layer's alphas, in order
-        out = {}
-        for name, f in zip(names, values):
-            g = store['y', name].grad.mean(0)      # [T, out]  mean over alphas of dF/dy'
+            for blk in patched:
+                del blk.forward            # the instance attribute: the class's forward is back
+        # rows: each layer's alphas below 1, in forward order, then the shared row (alpha = 1 for every layer)
+        values = target.detach().numpy()
+        k, out = self.steps - 1, {}
+        for i, name in enumerate(names):
+            scaled, shared = store['y', name]
+            g = torch.cat([scaled.grad, shared.grad], 0).mean(0)    # [T, out]  mean over alphas of dF/dy'
             ig = self._modules[name].weight.detach() * (g.transpose(0, 1) @ store['x', name])   # [out, in]
-            out[name] = (ig.abs().sum(1).numpy(), f)
+            out[name] = (ig.abs().sum(1).numpy(), np.append(values[i * k:(i + 1) * k], values[-1]))
         return out
+
+    def _cls_query_hooks(self):
+        """With the [CLS] cut, the last block's attention needs its query at [CLS] only: project that position and
+        broadcast it back to the sequence length BERT's attention reshapes by (the other positions' outputs are cut
+        away unread, so their gradient is zero either way)."""
+        import torch
+        query = self._modules.get(self._cls_cut_name.replace('attention.output', 'attention.self.query'))
+        if not isinstance(query, torch.nn.Linear):
+            return []
+        length = {}
+
+        def pre(mod, args):
+            length['n'] = args[0].shape[1]
+            return (args[0][:, :1],) + tuple(args[1:])
+
+        def post(mod, args, output):
+            return output.expand(-1, length['n'], -1)
+        return [query.register_forward_pre_hook(pre), query.register_forward_hook(post)]
 
     # -------------------------------------------------------------- loop
     def _raw_loop(self, inputs, name: str):
@@ -302,8 +357,12 @@ class IntegratedGradients:
             if self.method == 'loop':
                 raw = {name: self._raw_loop(inputs, name) for name in self.layer_names}
             else:
-                for names in _by_block(self.layer_names):   # one pass per block (of the layers asked)
-                    raw.update(self._raw_batched(inputs, names))
+                # one pass per block (of the layers asked); the first keeps the unscaled output of the block before
+                # each later pass's, so those passes start at their block (MiniLM, blocks 0 and 5: 4% of the time)
+                runs, states = _by_block(self.layer_names), {}
+                keep = [_block(names[0])[0] - 1 for names in runs[1:]]
+                for i, names in enumerate(runs):
+                    raw.update(self._raw_batched(inputs, names, states, keep if i == 0 else ()))
             flat = {name for name in self.layer_names if _flat(raw[name][1])}
             scores = {name: np.zeros_like(raw[name][0]) if name in flat else raw[name][0] for name in self.layer_names}
             return scores, flat
