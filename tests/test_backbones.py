@@ -43,3 +43,37 @@ def test_smollm2_alias_converts_gguf_once_to_a_plain_hf_folder():
     assert (path / 'config.json').exists() and list(path.glob('*.safetensors'))
     model = BiEncoder.from_pretrained('smollm2-135m', pooling='last')
     assert model.append_eos and model.encode_docs(['hello world']).shape == (1, 576)
+
+
+def test_fingerprint_counts_what_the_model_computes(tmp_path):
+    """The same weights must share their caches however they were saved: transformers copies load kwargs
+    (``local_files_only``) into ``tokenizer_config.json``, ``training.json`` logs times, ``knowacq.json`` names the
+    folder trained from. Anything that changes the model (weights, a real tokenizer setting, pooling) must not."""
+    import json
+    import shutil
+    from pyterrier_knowacq.models.backbones import model_fingerprint
+    src = tmp_path / 'a'
+    shutil.copytree(resolve_model('tiny-bert'), src)
+    (src / 'knowacq.json').write_text(json.dumps({'kind': 'bi-encoder', 'pooling': 'cls', 'backbone': '/one/place'}))
+    (src / 'training.json').write_text(json.dumps({'wall_time_s': 10}))
+    base = model_fingerprint(str(src))
+
+    def variant(name, edit):
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        edit(dst)
+        return model_fingerprint(str(dst))
+
+    def json_edit(file, **changes):
+        def edit(folder):
+            data = json.loads((folder / file).read_text())
+            data.update(changes)
+            (folder / file).write_text(json.dumps(data, indent=1))
+        return edit
+    assert variant('offline', json_edit('tokenizer_config.json', local_files_only=True)) == base
+    assert variant('log', json_edit('training.json', wall_time_s=99)) == base
+    assert variant('moved', json_edit('knowacq.json', backbone='/another/place')) == base
+    assert variant('longer', json_edit('tokenizer_config.json', model_max_length=7)) != base
+    assert variant('pooling', json_edit('knowacq.json', pooling='mean')) != base
+    assert variant('weights', lambda f: (f / 'model.safetensors').write_bytes(b'0' + (f / 'model.safetensors').read_bytes()[1:])) != base
+    assert variant('broken', lambda f: (f / 'tokenizer_config.json').write_text('{not json')) != base

@@ -289,9 +289,39 @@ def load_encoder(name: str, dtype=None):
     return model.eval(), load_tokenizer(name)
 
 
+#: keys of a saved ``tokenizer_config.json`` that only say how it was loaded (transformers copies the load kwargs in:
+#: the same tokenizer saved online and offline differed in ``local_files_only`` alone)
+_LOAD_ONLY_KEYS = frozenset({'local_files_only', 'cache_dir', 'token', 'use_auth_token', 'force_download', 'proxies',
+                             'resume_download', '_commit_hash'})
+
+
+def _behaviour_digest(role: str, path) -> str:
+    """The digest of a model file as far as it decides what the model computes: ``training.json`` (the training log:
+    times, loss curves) not at all, ``tokenizer_config.json`` without its load-time keys, ``knowacq.json`` without
+    ``backbone`` (the path the model was trained from: provenance). Anything unreadable counts by its bytes."""
+    import hashlib
+    import json
+    from .._util import file_digest
+    leaf = role.rsplit('/', 1)[-1]
+    drop = {'tokenizer_config.json': _LOAD_ONLY_KEYS, 'knowacq.json': {'backbone'}}.get(leaf)
+    if leaf == 'training.json':
+        return 'log'
+    if drop is not None:
+        try:
+            data = json.loads(Path(path).read_text(encoding='utf-8'))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            kept = {k: v for k, v in data.items() if k not in drop}
+            return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    return file_digest(path)
+
+
 def model_fingerprint(name: str) -> str:
     """A short hash of a model's *content* (weights, config, tokenizer files): caches built from a model are keyed by
-    it, so a retrained or edited folder is never served another model's index, and a copied folder shares its own."""
+    it, so a retrained or edited folder is never served another model's index, and a copied folder shares its own.
+    Bytes that do not change what the model computes do not count (:func:`_behaviour_digest`): the same weights
+    trained twice, or a tokenizer saved online and offline, share their caches."""
     from .._util import content_fingerprint
     kind, value = _locate(name)
     if kind == 'adapter':   # the adapter files and the base's content: no merge needed to name it
@@ -305,4 +335,4 @@ def model_fingerprint(name: str) -> str:
     files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob('*'))
              if p.is_file() and not any(part.startswith('.') for part in p.relative_to(path).parts)
              and p.suffix not in ('.md', '.lock')}
-    return content_fingerprint(files)
+    return content_fingerprint(files, digest=_behaviour_digest)
