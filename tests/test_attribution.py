@@ -109,3 +109,29 @@ def test_later_passes_reuse_the_prefix(model, pooling, monkeypatch):
     calls.clear()
     IntegratedGradients(pair, pooling, steps=3, method='loop').raw_scores(TEXTS[0])
     assert sorted(calls) == [0] * 12 + [1] * 12    # the loop: 4 layers x 3 alphas, full forward each
+
+
+def test_cls_cut_attends_from_cls_only_and_restores_the_model():
+    """Under the [CLS] cut the last block's SDPA attends from one query row (the rest is cut away unread); the
+    model's shared config is never touched and the block gets it back after the pass. Scores: test_batched_equals_loop."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from pyterrier_knowacq.analysis import attribution
+    model, tok = load_encoder('tiny-bert')
+    assert model.config._attn_implementation == 'sdpa'
+    ig = IntegratedGradients((model, tok), 'cls', steps=3)
+    ig.raw_scores(TEXTS[0])
+    shapes, inner = [], ALL_ATTENTION_FUNCTIONS[attribution._CLS_QUERY_ATTENTION]
+
+    def counted(module, query, *args, **kwargs):
+        shapes.append((module is model.encoder.layer[-1].attention.self, tuple(query.shape)))
+        out = inner(module, query, *args, **kwargs)
+        assert out[0].shape[1] == query.shape[2]    # broadcast back to the sequence length
+        return out
+    ALL_ATTENTION_FUNCTIONS[attribution._CLS_QUERY_ATTENTION] = counted
+    try:
+        ig.raw_scores(TEXTS[0])
+    finally:
+        ALL_ATTENTION_FUNCTIONS[attribution._CLS_QUERY_ATTENTION] = inner
+    assert shapes and all(last for last, _ in shapes)   # one call per pass, the last block only
+    assert model.config._attn_implementation == 'sdpa'
+    assert all(layer.attention.self.config is model.config for layer in model.encoder.layer)

@@ -17,8 +17,8 @@ block, whose hook adds its own ``steps - 1`` scaled rows beside it and reads its
 a block's prefix runs once and the rest of the network runs on ``2 * steps - 1`` rows in one batch for a BERT or Llama
 block's two dense layers. This stays within the block because the tensors the second layer meets there (the
 residual, Llama's ``up_proj`` branch) still have the text's single row and broadcast, exactly as in a one-layer pass.
-With ``cls`` pooling on a BERT-style encoder, the last block projects its query at ``[CLS]`` only and runs its
-attention output and FFN on the ``[CLS]`` position only: the target reads nothing else after that block's attention
+With ``cls`` pooling on a BERT-style encoder, the last block projects its query and (under SDPA) attends from
+``[CLS]`` only, and runs its attention output and FFN on the ``[CLS]`` position only: the target reads nothing else after that block's attention
 (LayerNorm and the FFN act per token), so the other positions would carry zero gradient; this cuts the last block's
 FFN work by the sequence length and gives the same scores. ``method='loop'`` is the study's plain loop (edit the
 weights, full forward and backward per alpha), kept as the reference the tests compare against.
@@ -111,6 +111,42 @@ def _by_block(names: Sequence[str]) -> List[List[str]]:
             last = block
         runs[-1].append(name)
     return runs
+
+
+_CLS_QUERY_ATTENTION = 'knowacq_cls_query'
+
+
+def _cls_query_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA from the first query position only, broadcast back over the sequence (the [CLS] cut reads position 0
+    alone): the last block's attention runs one query row instead of the sequence length."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    n = query.shape[2]
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[2] == n:
+        attention_mask = attention_mask[:, :, :1]
+    out, weights = sdpa_attention_forward(module, query[:, :, :1], key, value, attention_mask, **kwargs)
+    return out.expand(-1, n, *out.shape[2:]), weights
+
+
+def _register_cls_query_attention() -> bool:
+    """Register :func:`_cls_query_attention` with transformers (once); False where it has no attention registry."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401
+    except ImportError:
+        return False
+    if _CLS_QUERY_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(_CLS_QUERY_ATTENTION, _cls_query_attention)
+    return True
+
+
+class _Restore:
+    """A hook-like handle that puts an attribute back on ``remove()``."""
+
+    def __init__(self, obj, name, value):
+        self.obj, self.name, self.value = obj, name, value
+
+    def remove(self):
+        setattr(self.obj, self.name, self.value)
 
 
 @dataclass
@@ -295,13 +331,16 @@ class IntegratedGradients:
 
     def _cls_query_hooks(self):
         """With the [CLS] cut, the last block's attention needs its query at [CLS] only: project that position and
-        broadcast it back to the sequence length BERT's attention reshapes by (the other positions' outputs are cut
-        away unread, so their gradient is zero either way)."""
+        broadcast it back to the sequence length BERT's attention reshapes by, and (under SDPA, the default) attend
+        from that one query (:func:`_cls_query_attention`). The other positions' outputs are cut away unread, so
+        their gradient is zero either way. Returns handles to remove."""
+        import copy
         import torch
-        query = self._modules.get(self._cls_cut_name.replace('attention.output', 'attention.self.query'))
+        attention = self._modules.get(self._cls_cut_name.replace('attention.output', 'attention.self'))
+        query = getattr(attention, 'query', None)
         if not isinstance(query, torch.nn.Linear):
             return []
-        length = {}
+        length, handles = {}, []
 
         def pre(mod, args):
             length['n'] = args[0].shape[1]
@@ -309,7 +348,14 @@ class IntegratedGradients:
 
         def post(mod, args, output):
             return output.expand(-1, length['n'], -1)
-        return [query.register_forward_pre_hook(pre), query.register_forward_hook(post)]
+        handles += [query.register_forward_pre_hook(pre), query.register_forward_hook(post)]
+        config = getattr(attention, 'config', None)
+        if getattr(config, '_attn_implementation', None) == 'sdpa' and _register_cls_query_attention():
+            own = copy.copy(config)          # this module only: the model's shared config (and its masks) stay as is
+            own._attn_implementation = _CLS_QUERY_ATTENTION
+            attention.config = own
+            handles.append(_Restore(attention, 'config', config))
+        return handles
 
     # -------------------------------------------------------------- loop
     def _raw_loop(self, inputs, name: str):
