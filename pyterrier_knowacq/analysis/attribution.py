@@ -18,10 +18,11 @@ a block's prefix runs once and the rest of the network runs on ``2 * steps - 1``
 block's two dense layers. This stays within the block because the tensors the second layer meets there (the
 residual, Llama's ``up_proj`` branch) still have the text's single row and broadcast, exactly as in a one-layer pass.
 With ``cls`` pooling on a BERT-style encoder, the last block projects its query and (under SDPA) attends from
-``[CLS]`` only, and runs its attention output and FFN on the ``[CLS]`` position only: the target reads nothing else after that block's attention
-(LayerNorm and the FFN act per token), so the other positions would carry zero gradient; this cuts the last block's
-FFN work by the sequence length and gives the same scores. ``method='loop'`` is the study's plain loop (edit the
-weights, full forward and backward per alpha), kept as the reference the tests compare against.
+``[CLS]`` only, and runs its attention output and FFN on the ``[CLS]`` position only: the target reads nothing else
+after that block's attention (LayerNorm and the FFN act per token), so the other positions would carry zero
+gradient; this cuts the last block's FFN work by the sequence length and gives the same scores. ``method='loop'``
+is the study's plain loop (edit the weights, full forward and backward per alpha), kept as the reference the tests
+compare against.
 
 A target that does not move: when scaling a layer from ``alpha = 1/steps`` to 1 changes ``F`` by less than
 ``FLAT_TOL`` of ``F``, the target does not depend on that layer and its gradients are float rounding, which the
