@@ -10,11 +10,12 @@ import os
 
 from pyterrier_knowacq import BiEncoder, CrossEncoder, get_dataset
 from pyterrier_knowacq.analysis.attribution import IntegratedGradients
+from pyterrier_knowacq.experiments.planning.devices import gemm_gflops
 from pyterrier_knowacq.models.backbones import load_encoder, load_tokenizer, resolve_model
 from pyterrier_knowacq.models.colbert import ColBERT, ColBERTModel
 
 __all__ = ['BiEncoder', 'CrossEncoder', 'get_dataset', 'IntegratedGradients', 'load_encoder', 'load_tokenizer',
-           'resolve_model', 'ColBERT', 'ColBERTModel', 'dl19_bm25', 'describe']
+           'resolve_model', 'ColBERT', 'ColBERTModel', 'dl19_bm25', 'describe', 'gemm_gflops']
 
 #: DL19 queries in the workload: all 43 by default; BENCH_QUERIES=3 for a quick development run
 N_QUERIES = int(os.environ.get('BENCH_QUERIES') or 0) or None

