@@ -80,7 +80,7 @@ def _check_report(out):
 
 
 def test_bad_analysis_sections(cache, tmp_path):
-    from pyterrier_knowacq.analysis.pipeline import run_analysis
+    from pyterrier_knowacq.analysis.pipeline import _check, run_analysis
     with pytest.raises(KnowacqError, match='unknown keys'):
         run_analysis({**CONFIG, 'probez': 1}, tmp_path, seed=1)
     with pytest.raises(KnowacqError, match='not defined'):
@@ -91,6 +91,12 @@ def test_bad_analysis_sections(cache, tmp_path):
     with pytest.raises(KnowacqError, match='causal'):
         run_analysis({**CONFIG, 'ig': None, 'groups': {'g': {'backbone': 'tiny-llama', 'pooling': 'cls'}}}, tmp_path / 'y', seed=1,
                      verbose=False)
+    for ig, match in [({'step': 20}, "unknown keys.*did you mean 'steps'"), ({'steps': 1}, 'steps must be an integer >= 2'),
+                      ({'groups': ['nope']}, "group 'nope' is not defined"), ({'data': 'nope'}, 'not defined under probe_data'),
+                      ({'texts': 0}, 'texts must be'), ({'threshold': 10}, r'threshold must be a number in \(0, 1\)'),
+                      ([1], 'must be a mapping')]:
+        with pytest.raises(KnowacqError, match=match):     # found before any probe is trained
+            _check({**CONFIG, 'ig': ig})
     too_many = {**CONFIG, 'n': [2, 400]}
     with pytest.raises(KnowacqError, match='too few negatives'):
         run_analysis(too_many, tmp_path / 'z', seed=1, verbose=False)

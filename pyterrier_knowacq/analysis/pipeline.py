@@ -23,9 +23,10 @@ Section format (see ``experiments/knowacq.yaml``)::
             fine-tuned: {spec: {backbone: minilm-l6, pooling: cls, steps: 150}}
             random: random:minilm-l6
             dpr-paired: {query: facebook/dpr-question_encoder-single-nq-base, doc: facebook/dpr-ctx_encoder-single-nq-base}
-      ig: {groups: [minilm-cls], data: msmarco, texts: 16, steps: 20}
+      ig: {groups: [minilm-cls], data: msmarco, texts: 16, steps: 20}   # also threshold (0.1 / 0.01) and skip: [label]
 
-A model is a name (alias, folder, hub id, ``random:``, or a name of the experiment's ``models:`` passed in
+The ``ig:`` section is checked with the rest before anything runs (keys, groups, data, ``texts >= 1``, ``steps >= 2``,
+``0 < threshold < 1``). A model is a name (alias, folder, hub id, ``random:``, or a name of the experiment's ``models:`` passed in
 ``models``), ``{base: M, adapter: LORA}`` (a LoRA adapter merged into its base, e.g. RepLLaMA),
 ``{spec: <bi-encoder spec>}`` (fine-tuned with :func:`~pyterrier_knowacq.training.dense.train_biencoder`,
 cached, so the same spec in ``models:`` is trained once), or ``{query: M, doc: M}`` (separate encoders).
@@ -50,6 +51,7 @@ __all__ = ['run_analysis', 'ANALYSIS_KEYS']
 
 ANALYSIS_KEYS = {'n', 'probes', 'test', 'max_length', 'batch_size', 'probe', 'probe_data', 'train', 'groups', 'ig'}
 GROUP_KEYS = {'pooling', 'data', 'layers', 'backbone', 'compare', 'max_length', 'query_prefix', 'doc_prefix'}
+IG_KEYS = {'groups', 'data', 'texts', 'steps', 'threshold', 'skip'}
 DECODER_HINTS = ('llama', 'smol', 'mistral', 'qwen', 'gpt', 'repllama')
 
 
@@ -113,6 +115,29 @@ def _check(config: Dict):
     ns = config.get('n', [2, 3, 4, 5])
     if not ns or any(not isinstance(n, int) or n < 2 for n in ns):
         raise KnowacqError(f'analysis n must be a list of integers >= 2, got {ns!r}')
+    if config.get('ig'):
+        _check_ig(config['ig'], config)
+
+
+def _check_ig(ig, config: Dict):
+    """The ``ig:`` section, before any model is trained or probed (it runs last: a typo would cost the whole run)."""
+    if not isinstance(ig, dict):
+        raise KnowacqError(f'analysis ig: must be a mapping like {{groups: [g], data: d, texts: 16, steps: 20}}, got {ig!r}')
+    check_keys(ig, IG_KEYS, 'analysis ig: unknown keys')
+    for g in ig.get('groups') or []:
+        if g not in config['groups']:
+            raise KnowacqError(f'analysis ig: group {g!r} is not defined under groups: {list(config["groups"])}')
+    if ig.get('data') is not None and ig['data'] not in config['probe_data']:
+        raise KnowacqError(f'analysis ig: probe data {ig["data"]!r} is not defined under probe_data: {list(config["probe_data"])}')
+    for key, low in (('texts', 1), ('steps', 2)):   # steps: one alpha cannot show a flat target (attribution.FLAT_TOL)
+        value = ig.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise KnowacqError(f'analysis ig: {key} must be an integer >= {low}, got {value!r}')
+    threshold = ig.get('threshold')
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 < threshold < 1):
+        raise KnowacqError(f'analysis ig: threshold must be a number in (0, 1) (the study: 0.1 encoders, 0.01 '
+                           f'decoders), got {threshold!r}')
 
 
 class _Resolver:
