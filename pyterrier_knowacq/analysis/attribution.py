@@ -17,6 +17,8 @@ block, whose hook adds its own ``steps - 1`` scaled rows beside it and reads its
 a block's prefix runs once and the rest of the network runs on ``2 * steps - 1`` rows in one batch for a BERT or Llama
 block's two dense layers. This stays within the block because the tensors the second layer meets there (the
 residual, Llama's ``up_proj`` branch) still have the text's single row and broadcast, exactly as in a one-layer pass.
+A later block's pass does not run the blocks below it again: the first pass keeps, from its shared row, the unscaled
+output of the block before each later pass's, and the later pass has those blocks return it instead of running.
 With ``cls`` pooling on a BERT-style encoder, the last block projects its query and (under SDPA) attends from
 ``[CLS]`` only, and runs its attention output and FFN on the ``[CLS]`` position only: the target reads nothing else
 after that block's attention (LayerNorm and the FFN act per token), so the other positions would carry zero
