@@ -165,9 +165,10 @@ def content_fingerprint(files, *extra: str, digest=None) -> str:
     ``digest(role, path)``, when given, replaces :func:`file_digest` (a caller that knows some bytes do not matter)."""
     import hashlib
     items = files.items() if isinstance(files, dict) else [(Path(f).name, f) for f in files]
+    digest = digest or (lambda _, path: file_digest(path))
     h = hashlib.sha1()
     for role, f in sorted((str(r), f) for r, f in items):
-        h.update(f'{role}\0{(digest or (lambda _, x: file_digest(x)))(role, f)}\0'.encode('utf-8', 'surrogateescape'))
+        h.update(f'{role}\0{digest(role, f)}\0'.encode('utf-8', 'surrogateescape'))
     for e in extra:
         h.update(b'\1' + str(e).encode('utf-8', 'surrogateescape'))
     return h.hexdigest()[:16]

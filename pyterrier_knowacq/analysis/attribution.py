@@ -52,13 +52,17 @@ import pandas as pd
 
 from .._util import KnowacqError
 
-__all__ = ['ffn_layers', 'IntegratedGradients', 'IGResult', 'FFN_PATTERNS', 'FLAT_TOL']
+__all__ = ['ffn_layers', 'IntegratedGradients', 'IGResult', 'FFN_PATTERNS', 'FLAT_TOL', 'MIN_STEPS']
 
 #: relative change of the target along the alpha path below which a layer counts as one the target does not depend on:
 #: 16 float32 ulps. Measured on MiniLM-L6 with cls pooling: the fresh random init moves it by 1-2e-7 (rounding), the
 #: random init fine-tuned on DL20 by 1.3e-5 to 8e-5 (small but real: its scores do not change with the order of the
 #: float operations), the pre-trained model by 2e-3 to 8e-2
 FLAT_TOL = 16 * float(np.finfo(np.float32).eps)
+
+#: fewest alpha steps: one alpha (1) is plain gradient x weight, and a one-point path cannot show whether the target
+#: moves (``FLAT_TOL``)
+MIN_STEPS = 2
 
 #: FFN dense layers per architecture family: BERT-style (intermediate + output) and Llama-style (gate + down)
 FFN_PATTERNS = [
@@ -222,9 +226,8 @@ class IntegratedGradients:
         self.pooling = pooling
         self.is_decoder = is_decoder_config(self.model.config)
         self.append_eos = (self.is_decoder and pooling == 'last') if append_eos is None else bool(append_eos)
-        if not isinstance(steps, int) or steps < 2:
-            # one alpha (1) is plain gradient x weight, and a one-point path cannot show whether the target moves
-            raise KnowacqError(f'steps must be an integer >= 2 (the study uses 20), got {steps!r}')
+        if not isinstance(steps, int) or steps < MIN_STEPS:
+            raise KnowacqError(f'steps must be an integer >= {MIN_STEPS} (the study uses 20), got {steps!r}')
         self.steps = steps
         self.threshold = float(threshold if threshold is not None else (0.01 if self.is_decoder else 0.1))
         if method not in ('batched', 'loop'):

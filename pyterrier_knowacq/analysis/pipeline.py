@@ -129,7 +129,8 @@ def _check_ig(ig, config: Dict):
             raise KnowacqError(f'analysis ig: group {g!r} is not defined under groups: {list(config["groups"])}')
     if ig.get('data') is not None and ig['data'] not in config['probe_data']:
         raise KnowacqError(f'analysis ig: probe data {ig["data"]!r} is not defined under probe_data: {list(config["probe_data"])}')
-    for key, low in (('texts', 1), ('steps', 2)):   # steps: one alpha cannot show a flat target (attribution.FLAT_TOL)
+    from .attribution import MIN_STEPS
+    for key, low in (('texts', 1), ('steps', MIN_STEPS)):
         value = ig.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise KnowacqError(f'analysis ig: {key} must be an integer >= {low}, got {value!r}')
